@@ -1,0 +1,25 @@
+# Helpers shared by every folder's CMakeLists.txt.
+
+# spar_warnings(target): the warning set every spar target compiles with.
+function(spar_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+endfunction()
+
+# spar_add_test_suite(NAME <name> SOURCES <...> LIBS <...> LABELS <...>)
+# One GoogleTest executable per source folder; every TEST becomes its own
+# CTest test carrying the given labels (unit / integration / gpu).
+function(spar_add_test_suite)
+  cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  if(NOT ARG_SOURCES)
+    return()
+  endif()
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  add_executable(${ARG_NAME} ${ARG_SOURCES})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_LIBS} spar_test_support GTest::gtest GTest::gmock)
+  spar_warnings(${ARG_NAME})
+  gtest_discover_tests(${ARG_NAME}
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    DISCOVERY_TIMEOUT 60)
+endfunction()

