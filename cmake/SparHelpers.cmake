@@ -17,7 +17,7 @@ function(spar_add_test_suite)
     set(ARG_TIMEOUT 300)
   endif()
   add_executable(${ARG_NAME} ${ARG_SOURCES})
-  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_LIBS} spar_test_support GTest::gtest GTest::gmock)
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_LIBS} spar_test_support GTest::gtest GTest::gmock GTest::gtest_main)
   spar_warnings(${ARG_NAME})
   gtest_discover_tests(${ARG_NAME}
     PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}

