@@ -239,4 +239,11 @@ Status ConfigNode::Finish() {
   return InvalidArgument(state_->errors.front());
 }
 
+const std::vector<std::string>& KnownConfigSections() {
+  static const std::vector<std::string> sections = {
+      "log_level", "run", "prompts", "policy", "generation", "storage",
+      "generators", "scorer", "learner", "bus", "metrics"};
+  return sections;
+}
+
 }  // namespace spar

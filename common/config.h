@@ -63,6 +63,10 @@ class ConfigNode {
   // A string that must be one of `allowed`.
   void GetEnum(const std::string& key, std::string* out, const std::vector<std::string>& allowed);
 
+  // Declares a key read elsewhere (another service's section of a shared
+  // file), so Finish() does not call it unknown.
+  void Ignore(const std::string& key) { declared_.insert(key); }
+
   // Marks a key as required: absent -> error "missing required key".
   void Require(const std::string& key);
 
@@ -99,5 +103,10 @@ class ConfigNode {
   std::string path_;
   std::set<std::string> declared_;
 };
+
+// The top-level sections of a spar config file. One file describes a whole
+// deployment; each service reads its own section and leaves the others to
+// their owners, while an unknown top-level key is still an error.
+const std::vector<std::string>& KnownConfigSections();
 
 }  // namespace spar

@@ -64,6 +64,9 @@ Result<RunConfig> FromRoot(ConfigNode root) {
   SPAR_RETURN_IF_ERROR(ReadPolicy(root.Child("policy"), &config.policy));
   SPAR_RETURN_IF_ERROR(ReadGeneration(root.Child("generation"), &config.generation));
   SPAR_RETURN_IF_ERROR(ReadStorage(root.Child("storage"), &config.storage));
+  // The services' own sections are read by the services (and by the local
+  // launcher when it starts them).
+  for (const auto& section : KnownConfigSections()) root.Ignore(section);
   SPAR_RETURN_IF_ERROR(root.Finish());
   return config;
 }
