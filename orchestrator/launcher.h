@@ -1,0 +1,64 @@
+// spar/orchestrator/launcher.h — starts spar services as child processes
+// on loopback for the one-machine mode of `spar run`.
+//
+// A child is `spar <service> --config FILE --listen 127.0.0.1:0
+// --ready-file F`; it writes its bound address to F once it serves. The
+// launcher waits for that (or for the child to die, with the tail of its log
+// in the error), and stops children on destruction (SIGTERM, then SIGKILL).
+//
+// Thread safety: one thread uses a Launcher.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace spar {
+
+struct ChildService {
+  std::string name;      // "scorer", "generator-0", ...
+  pid_t pid = -1;
+  std::string address;   // host:port it serves on
+  std::string log_path;
+};
+
+class Launcher {
+ public:
+  // `spar_binary` is the path of the spar executable (usually /proc/self/exe
+  // resolved); `log_dir` receives one log file per child.
+  Launcher(std::string spar_binary, std::string log_dir);
+  ~Launcher();
+  Launcher(const Launcher&) = delete;
+  Launcher& operator=(const Launcher&) = delete;
+
+  // Starts `spar <subcommand> <args...> --listen 127.0.0.1:0 --ready-file ..`
+  // and waits until it serves. Unavailable (with the log tail) if it exits
+  // or does not become ready within `timeout`.
+  Result<ChildService> Start(const std::string& name, const std::string& subcommand,
+                             const std::vector<std::string>& args,
+                             std::chrono::seconds timeout = std::chrono::seconds(120));
+
+  // True while the child runs.
+  bool Alive(const std::string& name);
+  // Stops one child (SIGTERM, then SIGKILL after `grace`).
+  void Stop(const std::string& name, std::chrono::milliseconds grace = std::chrono::seconds(10));
+  void StopAll();
+
+  // The path of the running spar executable.
+  static std::string SelfExecutable();
+
+ private:
+  std::string binary_;
+  std::string log_dir_;
+  std::vector<ChildService> children_;
+};
+
+// The last `max_bytes` of a file (for error messages about children).
+std::string TailOfFile(const std::string& path, size_t max_bytes = 2000);
+
+}  // namespace spar
