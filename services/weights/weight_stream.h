@@ -1,0 +1,119 @@
+// spar/services/weights/weight_stream.h — cutting a policy's weights into
+// versioned, checksummed buckets, and assembling them back, checking
+// everything, before a single byte is applied.
+//
+// A stream is: header (version, sizes, relay chain), buckets 0..n-1 in
+// order, commit (manifest checksum). Buckets pack many tensors up to
+// `bucket_bytes` (hundreds of MB in production); a tensor larger than a
+// bucket is split across consecutive buckets. Each bucket carries the
+// XXH3-64 of its data; the commit carries XXH3-64 over the bucket checksums.
+//
+// Copies: the writer copies each byte once (tensor -> bucket message); the
+// assembler copies each byte once (bucket -> staging buffer). Applying the
+// staged weights to a model is the service's job.
+//
+// Thread safety: neither class is thread-safe; each serves one stream.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "spar/v1/common.pb.h"
+
+namespace spar {
+
+// A borrowed view of one tensor's bytes (row-major, contiguous).
+struct WeightTensorView {
+  std::string name;
+  std::string dtype;            // "F32" | "F16" | "BF16" | "I64" | ...
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  uint64_t nbytes = 0;
+};
+
+// Byte size of one element of a safetensors dtype name, 0 if unknown.
+size_t WeightDTypeSize(const std::string& dtype);
+
+uint64_t Checksum(const void* data, size_t size);
+
+class WeightStreamWriter {
+ public:
+  // The views must stay valid (and unchanged) while the writer is used.
+  // InvalidArgument for an empty set, duplicate names, unknown dtypes or a
+  // shape that disagrees with nbytes; bucket_bytes must be > 0.
+  static Result<WeightStreamWriter> Create(uint64_t version, std::vector<WeightTensorView> tensors,
+                                           uint64_t bucket_bytes);
+
+  v1::WeightStreamHeader Header(const std::vector<std::string>& relay_to = {}) const;
+  uint32_t bucket_count() const { return static_cast<uint32_t>(buckets_.size()); }
+  uint64_t total_bytes() const { return total_bytes_; }
+  // Fills bucket `index` (one copy of its bytes) and records its checksum.
+  void FillBucket(uint32_t index, v1::WeightBucket* out);
+  // The commit; FailedPrecondition until every bucket has been filled once.
+  Result<v1::WeightStreamCommit> Commit() const;
+
+ private:
+  struct Piece {
+    size_t tensor;
+    uint64_t tensor_offset;
+    uint64_t nbytes;
+  };
+  WeightStreamWriter() = default;
+  uint64_t version_ = 0;
+  uint64_t total_bytes_ = 0;
+  std::vector<WeightTensorView> tensors_;
+  std::vector<std::vector<Piece>> buckets_;
+  std::vector<uint64_t> checksums_;
+  std::vector<bool> filled_;
+};
+
+struct StagedTensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;            // the whole tensor
+  uint64_t filled = 0;          // bytes received so far
+};
+
+struct StagedWeights {
+  uint64_t version = 0;
+  uint64_t total_bytes = 0;
+  std::map<std::string, StagedTensor> tensors;
+};
+
+class WeightStreamAssembler {
+ public:
+  explicit WeightStreamAssembler(uint64_t max_total_bytes = 1ull << 40)
+      : max_total_bytes_(max_total_bytes) {}
+
+  // Starts (or, with header.resume_from_bucket == buckets_received() for
+  // the same version, resumes) a stream. InvalidArgument for a malformed
+  // header; FailedPrecondition for a resume that does not line up.
+  Status Begin(const v1::WeightStreamHeader& header);
+  // Checks and stages one bucket: right version, next index, checksum,
+  // slices inside the data, consistent names/dtypes/shapes, no byte of a
+  // tensor written twice. DataLoss for a checksum mismatch.
+  Status AddBucket(const v1::WeightBucket& bucket);
+  // Verifies the manifest and that every tensor is complete; hands over the
+  // staged weights and resets. Nothing is returned unless all of it holds.
+  Result<StagedWeights> Commit(const v1::WeightStreamCommit& commit);
+
+  void Reset();
+  bool active() const { return active_; }
+  uint64_t version() const { return staged_.version; }
+  uint32_t buckets_received() const { return static_cast<uint32_t>(checksums_.size()); }
+  uint64_t bytes_received() const { return bytes_received_; }
+
+ private:
+  uint64_t max_total_bytes_;
+  bool active_ = false;
+  v1::WeightStreamHeader header_;
+  StagedWeights staged_;
+  std::vector<uint64_t> checksums_;
+  uint64_t bytes_received_ = 0;
+  uint64_t staged_bytes_ = 0;
+};
+
+}  // namespace spar
