@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
 
 APT_PACKAGES=(
   g++ cmake ninja-build git pkg-config ca-certificates ccache
-  libtorch-dev
+  libtorch-dev libgloo-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libzmq3-dev cppzmq-dev
   librocksdb-dev

@@ -1,0 +1,123 @@
+#include "services/learner/data_parallel.h"
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "common/logging.h"
+
+namespace spar {
+
+struct DataParallelGroup::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+};
+
+Result<std::unique_ptr<DataParallelGroup>> DataParallelGroup::Create(
+    const DataParallelOptions& options) {
+  if (options.world_size < 1) return InvalidArgument("learner.world_size must be >= 1");
+  if (options.rank < 0 || options.rank >= options.world_size)
+    return InvalidArgument("learner rank " + std::to_string(options.rank) + " is outside [0, " +
+                           std::to_string(options.world_size) + ")");
+  std::unique_ptr<DataParallelGroup> group(new DataParallelGroup(options));
+  group->impl_ = std::make_unique<Impl>();
+  if (options.world_size == 1) return group;
+  if (options.backend != "gloo")
+    return Unimplemented("learner backend '" + options.backend +
+                         "' is not available in this build (CPU builds have gloo)");
+  auto colon = options.store_address.rfind(':');
+  if (colon == std::string::npos) return InvalidArgument("learner.rendezvous '" + options.store_address + "' must be host:port");
+  const std::string host = options.store_address.substr(0, colon);
+  int port = 0;
+  try {
+    port = std::stoi(options.store_address.substr(colon + 1));
+  } catch (const std::exception&) {
+    return InvalidArgument("learner.rendezvous '" + options.store_address + "' has a bad port");
+  }
+  try {
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<uint16_t>(port);
+    store_options.isServer = options.rank == 0;
+    store_options.numWorkers = options.world_size;
+    store_options.waitWorkers = true;
+    store_options.timeout = options.timeout;
+    group->impl_->store = c10::make_intrusive<c10d::TCPStore>(host, store_options);
+    auto gloo = c10d::ProcessGroupGloo::Options::create();
+    gloo->timeout = options.timeout;
+    gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    group->impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(group->impl_->store, options.rank,
+                                                                options.world_size, gloo);
+  } catch (const std::exception& e) {
+    return Unavailable("learner rank " + std::to_string(options.rank) + ": rendezvous at " +
+                       options.store_address + " failed: " + e.what());
+  }
+  Logger("learner")->info("rank {}/{} joined the {} group at {}", options.rank, options.world_size,
+                          options.backend, options.store_address);
+  return group;
+}
+
+DataParallelGroup::DataParallelGroup(DataParallelOptions options) : options_(std::move(options)) {}
+DataParallelGroup::~DataParallelGroup() = default;
+
+Status DataParallelGroup::Flat(const std::vector<torch::Tensor>& tensors, bool grads, bool broadcast) {
+  if (options_.world_size == 1) return Status::Ok();
+  torch::NoGradGuard no_grad;
+  // Group tensors into flat buckets of the same dtype.
+  size_t i = 0;
+  try {
+    while (i < tensors.size()) {
+      std::vector<torch::Tensor> members;
+      int64_t bytes = 0;
+      c10::ScalarType dtype = c10::ScalarType::Undefined;
+      while (i < tensors.size()) {
+        torch::Tensor t = grads ? tensors[i].grad() : tensors[i];
+        if (!t.defined()) {
+          ++i;
+          continue;
+        }
+        if (!members.empty() && (t.scalar_type() != dtype || bytes + t.nbytes() > options_.bucket_bytes)) break;
+        dtype = t.scalar_type();
+        members.push_back(t);
+        bytes += static_cast<int64_t>(t.nbytes());
+        ++i;
+      }
+      if (members.empty()) continue;
+      std::vector<torch::Tensor> flat_views;
+      for (auto& m : members) flat_views.push_back(m.reshape({-1}));
+      std::vector<torch::Tensor> buffer{torch::cat(flat_views)};
+      auto work = broadcast ? impl_->group->broadcast(buffer) : impl_->group->allreduce(buffer);
+      if (!work->wait(options_.timeout))
+        return DeadlineExceeded("learner rank " + std::to_string(options_.rank) +
+                                ": collective did not finish within the timeout");
+      if (!broadcast) buffer[0].div_(options_.world_size);
+      int64_t offset = 0;
+      for (auto& m : members) {
+        m.copy_(buffer[0].narrow(0, offset, m.numel()).view_as(m));
+        offset += m.numel();
+      }
+    }
+  } catch (const std::exception& e) {
+    return Unavailable("learner rank " + std::to_string(options_.rank) +
+                       ": collective failed (a peer died?): " + e.what());
+  }
+  return Status::Ok();
+}
+
+Status DataParallelGroup::AllReduceGradients(const std::vector<torch::Tensor>& parameters) {
+  return Flat(parameters, /*grads=*/true, /*broadcast=*/false);
+}
+
+Status DataParallelGroup::AllReduceMean(std::vector<torch::Tensor>& tensors) {
+  return Flat(tensors, false, false);
+}
+
+Status DataParallelGroup::BroadcastFromRankZero(const std::vector<torch::Tensor>& tensors) {
+  return Flat(tensors, false, true);
+}
+
+Status DataParallelGroup::Barrier() {
+  if (options_.world_size == 1) return Status::Ok();
+  std::vector<torch::Tensor> one{torch::zeros({1})};
+  return AllReduceMean(one);
+}
+
+}  // namespace spar
