@@ -80,3 +80,35 @@ TEST(BatchTest, LinearScheduleWithWarmup) {
 
 }  // namespace
 }  // namespace spar
+
+#include "services/learner/learner_config.h"
+
+namespace spar {
+namespace {
+
+TEST(LearnerConfigTest, SectionIsValidated) {
+  auto parse = [](const std::string& yaml, LearnerConfig* c) -> Status {
+    auto root = ConfigNode::LoadString(yaml, "l.yaml");
+    if (!root.ok()) return root.status();
+    return ReadLearnerConfig(root->Child("learner"), c);
+  };
+  LearnerConfig c;
+  ASSERT_TRUE(parse("learner: {model: m, loss: gpo, eta: 500, optimizer: adamw}", &c).ok());
+  EXPECT_EQ(c.loss.kind, LossKind::kGpo);
+  EXPECT_DOUBLE_EQ(c.loss.eta, 500);
+  EXPECT_EQ(c.address, c.listen);
+  auto msg = [&](const std::string& yaml) {
+    LearnerConfig fresh;
+    return parse(yaml, &fresh).message();
+  };
+  EXPECT_NE(msg("learner: {loss: sppo}").find("learner.model"), std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, loss: ppo}").find("sppo, sppo_all_k, gpo, dpo"), std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, max_length: 10, max_prompt_length: 10}").find("max_prompt_length"),
+            std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, world_size: 2, rank: 2}").find("learner.rank"), std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, device: tpu}").find("cuda:N"), std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, lr: 1}").find("unknown key"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace spar
