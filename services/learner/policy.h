@@ -1,0 +1,38 @@
+// spar/services/learner/policy.h — what the learner needs of a policy
+// model. The LibTorch decoders (model/) implement it for Llama and Gemma;
+// the trainer never depends on an architecture.
+//
+// Thread safety: a policy is used by the learner's training thread only.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/status.h"
+
+namespace spar {
+
+class TrainablePolicy {
+ public:
+  virtual ~TrainablePolicy() = default;
+  // Logits [N, T, V] for right-padded input_ids [N, T] with attention_mask.
+  virtual torch::Tensor Forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) = 0;
+  virtual std::vector<torch::Tensor> Parameters() = 0;
+  // Weights under their Hugging Face names (views, no copies).
+  virtual std::vector<std::pair<std::string, torch::Tensor>> NamedWeights() = 0;
+  // A deep copy (the frozen reference pi_t); the copy does not require grad.
+  virtual std::unique_ptr<TrainablePolicy> FrozenCopy() = 0;
+  virtual void SetTraining(bool training) = 0;
+  // Writes an HF folder (config.json, safetensors, tokenizer files).
+  virtual Status Save(const std::string& dir) = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t pad_id() const = 0;
+  virtual torch::Device device() const = 0;
+  virtual std::string name() const = 0;
+};
+
+}  // namespace spar
