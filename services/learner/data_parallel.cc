@@ -3,6 +3,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <cstring>
+
 #include "common/logging.h"
 
 namespace spar {
@@ -112,6 +114,19 @@ Status DataParallelGroup::AllReduceMean(std::vector<torch::Tensor>& tensors) {
 
 Status DataParallelGroup::BroadcastFromRankZero(const std::vector<torch::Tensor>& tensors) {
   return Flat(tensors, false, true);
+}
+
+Status DataParallelGroup::BroadcastBytes(std::string* bytes) {
+  if (options_.world_size == 1) return Status::Ok();
+  std::vector<torch::Tensor> size{torch::tensor({static_cast<int64_t>(bytes->size())}, torch::kInt64)};
+  SPAR_RETURN_IF_ERROR(BroadcastFromRankZero(size));
+  const int64_t n = size[0].item<int64_t>();
+  if (n < 0 || n > (int64_t{1} << 40)) return DataLoss("learner broadcast: absurd size " + std::to_string(n));
+  std::vector<torch::Tensor> data{torch::empty({std::max<int64_t>(n, 1)}, torch::kUInt8)};
+  if (options_.rank == 0 && n > 0) std::memcpy(data[0].data_ptr(), bytes->data(), static_cast<size_t>(n));
+  SPAR_RETURN_IF_ERROR(BroadcastFromRankZero(data));
+  if (options_.rank != 0) bytes->assign(static_cast<const char*>(data[0].data_ptr()), static_cast<size_t>(n));
+  return Status::Ok();
 }
 
 Status DataParallelGroup::Barrier() {

@@ -52,6 +52,8 @@ class DataParallelGroup {
   // Copies rank 0's values into every rank (start of training).
   Status BroadcastFromRankZero(const std::vector<torch::Tensor>& tensors);
   Status Barrier();
+  // Rank 0's `bytes` replace every other rank's (length first, then data).
+  Status BroadcastBytes(std::string* bytes);
 
  private:
   explicit DataParallelGroup(DataParallelOptions options);

@@ -29,6 +29,8 @@ class TrainablePolicy {
   virtual void SetTraining(bool training) = 0;
   // Writes an HF folder (config.json, safetensors, tokenizer files).
   virtual Status Save(const std::string& dir) = 0;
+  // Replaces the weights with those of an HF folder of the same shape.
+  virtual Status Load(const std::string& dir) = 0;
   virtual int64_t vocab_size() const = 0;
   virtual int64_t pad_id() const = 0;
   virtual torch::Device device() const = 0;

@@ -1,0 +1,104 @@
+#include "services/learner/learner_core.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "tests/services/learner/bigram_policy.h"
+#include "tests/support/test_support.h"
+
+namespace spar {
+namespace {
+
+LearnerExample Example(int i, size_t k = 3) {
+  LearnerExample e;
+  e.prompt_id = "p" + std::to_string(i);
+  e.prompt_ids = {1, static_cast<int32_t>(2 + i % 7)};
+  for (size_t r = 0; r < k; ++r) e.responses.push_back({static_cast<int32_t>(10 + r), 11});
+  for (size_t r = 0; r < k; ++r) e.win_rates.push_back(r == 0 ? 0.8 : 0.4);
+  return e;
+}
+
+class LearnerCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_.model = (dir_.path() / "pi0").string();
+    config_.output_dir = (dir_.path() / "ckpt").string();
+    config_.batch_groups = 4;
+    config_.learning_rate = 0.05;
+    config_.loss.eta = 2;
+    config_.max_length = 16;
+    config_.max_prompt_length = 8;
+    std::filesystem::create_directories(config_.model);
+    BigramPolicy init(11);
+    ASSERT_TRUE(init.Save(config_.model).ok());
+    testing::WriteFile(std::filesystem::path(config_.model) / "config.json", "{}");
+  }
+  testing::TempDir dir_;
+  LearnerConfig config_;
+};
+
+TEST_F(LearnerCoreTest, IterationTrainsCheckpointsAndRejectsBadExamples) {
+  auto policy = std::make_unique<BigramPolicy>(11);
+  BigramPolicy* raw = policy.get();
+  torch::Tensor before = raw->Flat().clone();
+  auto core = LearnerCore::Create(config_, std::move(policy), nullptr);
+  ASSERT_TRUE(core.ok());
+  ASSERT_TRUE((*core)->StartIteration(0, 10).ok());
+  std::vector<LearnerExample> batch;
+  for (int i = 0; i < 10; ++i) batch.push_back(Example(i));
+  LearnerExample bad = Example(99);
+  bad.responses[1] = {500};  // >= vocab 32
+  batch.push_back(bad);
+  LearnerExample one = Example(98, 1);
+  batch.push_back(one);
+  auto outcome = (*core)->Submit(batch);
+  EXPECT_EQ(outcome.accepted, 10u);
+  ASSERT_EQ(outcome.rejected.size(), 2u);
+  EXPECT_EQ(outcome.rejected[0].first, "p99");
+  EXPECT_NE(outcome.rejected[0].second.find("responses[1][0] = 500"), std::string::npos);
+  EXPECT_NE(outcome.rejected[1].second.find("K >= 2"), std::string::npos);
+
+  auto finished = (*core)->FinishIteration(0, {}, "");
+  ASSERT_TRUE(finished.ok()) << finished.status().ToString();
+  EXPECT_EQ(finished->policy_version, 1u);
+  EXPECT_EQ(finished->progress.examples_seen, 10u);
+  EXPECT_FALSE(torch::allclose(before, raw->Flat()));
+  EXPECT_TRUE(std::filesystem::exists(finished->checkpoint_dir + "/spar_learner_state.json"));
+  EXPECT_TRUE(std::filesystem::exists(finished->checkpoint_dir + "/optimizer.pt"));
+  EXPECT_EQ(finished->checkpoint_dir, config_.output_dir + "/iter-0");
+  // Finishing twice, or submitting with no iteration open, is refused.
+  EXPECT_EQ((*core)->FinishIteration(0, {}, "").status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*core)->Submit({Example(1)}).rejected.size(), 1u);
+}
+
+TEST_F(LearnerCoreTest, RestartingAnIterationTrainsFromPiT) {
+  // Run iteration 0 twice: the second run must start from pi_0 again and
+  // end with the same weights as the first.
+  auto run = [&](LearnerCore* core) {
+    EXPECT_TRUE(core->StartIteration(0, 8).ok());
+    std::vector<LearnerExample> batch;
+    for (int i = 0; i < 8; ++i) batch.push_back(Example(i));
+    EXPECT_EQ(core->Submit(batch).accepted, 8u);
+  };
+  auto a_policy = std::make_unique<BigramPolicy>(11);
+  BigramPolicy* a = a_policy.get();
+  auto core = LearnerCore::Create(config_, std::move(a_policy), nullptr);
+  ASSERT_TRUE(core.ok());
+  run(core->get());
+  // "Crash" of the orchestrator: it starts iteration 0 again.
+  run(core->get());
+  ASSERT_TRUE((*core)->FinishIteration(0, {}, "").ok());
+
+  auto b_policy = std::make_unique<BigramPolicy>(11);
+  BigramPolicy* b = b_policy.get();
+  LearnerConfig other = config_;
+  other.output_dir = (dir_.path() / "ckpt-b").string();
+  auto straight = LearnerCore::Create(other, std::move(b_policy), nullptr);
+  run(straight->get());
+  ASSERT_TRUE((*straight)->FinishIteration(0, {}, "").ok());
+  EXPECT_TRUE(torch::allclose(a->Flat(), b->Flat(), 1e-12, 1e-12));
+}
+
+}  // namespace
+}  // namespace spar
