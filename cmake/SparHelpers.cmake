@@ -5,11 +5,14 @@ function(spar_warnings target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
 endfunction()
 
-# spar_add_test_suite(NAME <name> SOURCES <...> LIBS <...> LABELS <...>)
+# spar_add_test_suite(NAME <name> SOURCES <...> LIBS <...> LABELS <...>
+#                     [TIMEOUT s] [TORCH])
 # One GoogleTest executable per source folder; every TEST becomes its own
-# CTest test carrying the given labels (unit / integration / gpu).
+# CTest test carrying the given labels (unit / integration / gpu). TORCH:
+# the sources include LibTorch, so they reuse spar_model's precompiled
+# <torch/torch.h> (~30 s saved per file on a 2-core machine).
 function(spar_add_test_suite)
-  cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "TORCH" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   if(NOT ARG_SOURCES)
     return()
   endif()
@@ -19,6 +22,9 @@ function(spar_add_test_suite)
   add_executable(${ARG_NAME} ${ARG_SOURCES})
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_LIBS} spar_test_support GTest::gtest GTest::gmock GTest::gtest_main)
   spar_warnings(${ARG_NAME})
+  if(ARG_TORCH)
+    target_precompile_headers(${ARG_NAME} REUSE_FROM spar_model)
+  endif()
   gtest_discover_tests(${ARG_NAME}
     PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
     DISCOVERY_TIMEOUT 60)

@@ -242,7 +242,7 @@ Status ConfigNode::Finish() {
 const std::vector<std::string>& KnownConfigSections() {
   static const std::vector<std::string> sections = {
       "log_level", "run", "prompts", "policy", "generation", "storage",
-      "generators", "scorer", "learner", "bus", "metrics"};
+      "generator", "generators", "scorer", "learner", "bus", "metrics"};
   return sections;
 }
 

@@ -86,6 +86,8 @@ class ConfigNode {
   Status Finish();
 
   const std::string& file() const { return state_->file; }
+  // The YAML underneath, for sections read by their own services.
+  const YAML::Node& raw() const { return node_; }
   std::string KeyPath(const std::string& key) const;
 
  private:
