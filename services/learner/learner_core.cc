@@ -278,9 +278,9 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
   version_ = version;
   iteration_open_ = false;
   progress_.policy_version = version_;
-  progress_.step = 0;
   out.policy_version = version_;
-  out.progress = progress_;
+  out.progress = progress_;  // the iteration's last step, before the reset
+  progress_.step = 0;
   return out;
 }
 

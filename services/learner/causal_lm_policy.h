@@ -1,0 +1,49 @@
+// spar/services/learner/causal_lm_policy.h — the learner's TrainablePolicy
+// over the LibTorch Llama / Gemma decoders (model/causal_lm.h).
+//
+// Save() writes a Hugging Face folder (config.json, generation_config.json,
+// safetensors, and the tokenizer files of the folder the policy came from),
+// which the generator and transformers load.
+//
+// Thread safety: the learner's training thread only.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/causal_lm.h"
+#include "services/learner/policy.h"
+
+namespace spar {
+
+class CausalLMPolicy final : public TrainablePolicy {
+ public:
+  // Loads `dir` on `device` ("cpu", "cuda", "cuda:N") with parameters in
+  // `dtype` ("float32" | "bfloat16" | "float16"). Errors: LoadCausalLM's,
+  // InvalidArgument for a bad device or dtype name.
+  static Result<std::unique_ptr<CausalLMPolicy>> Load(const std::string& dir, const std::string& device,
+                                                      const std::string& dtype);
+  // Wraps a model in memory (tests); tokenizer_dir may be "".
+  CausalLMPolicy(CausalLM model, std::string tokenizer_dir, std::string name);
+
+  torch::Tensor Forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) override;
+  std::vector<torch::Tensor> Parameters() override;
+  std::vector<std::pair<std::string, torch::Tensor>> NamedWeights() override;
+  std::unique_ptr<TrainablePolicy> FrozenCopy() override;
+  void SetTraining(bool training) override;
+  Status Save(const std::string& dir) override;
+  Status Load(const std::string& dir) override;
+  int64_t vocab_size() const override { return model_->config().vocab_size; }
+  int64_t pad_id() const override;
+  torch::Device device() const override;
+  std::string name() const override { return name_; }
+
+  CausalLM& model() { return model_; }
+
+ private:
+  CausalLM model_;
+  std::string tokenizer_dir_;
+  std::string name_;
+};
+
+}  // namespace spar
