@@ -1,5 +1,7 @@
 #include "services/scorer/scorer_config.h"
 
+#include "services/scorer/model_scorer.h"
+
 
 namespace spar {
 Status ReadScorerConfig(ConfigNode node, ScorerConfig* out) {
@@ -55,8 +57,16 @@ Result<std::unique_ptr<PreferenceModel>> CreatePreferenceModel(const ScorerConfi
     SPAR_ASSIGN_OR_RETURN(auto rule, RuleScorer::Create(config.rule));
     return std::unique_ptr<PreferenceModel>(std::move(rule));
   }
-  return Unimplemented("scorer kind '" + config.kind +
-                       "' needs the model-backed scorer, which this build does not have yet");
+  ModelScorerOptions options;
+  options.kind = config.kind;
+  options.model_dir = config.model;
+  options.device = config.device;
+  options.tau = config.tau;
+  options.convention = config.convention;
+  options.max_length = config.max_length;
+  options.max_batch_responses = config.limits.max_batch_responses;
+  SPAR_ASSIGN_OR_RETURN(auto model, ModelScorer::Load(options));
+  return std::unique_ptr<PreferenceModel>(std::move(model));
 }
 
 }  // namespace spar
