@@ -49,7 +49,44 @@ Status ReadRun(ConfigNode node, RunSection* out) {
   node.Get("iterations", &out->iterations, 1, 1000);
   node.Get("seed", &out->seed, 0);
   node.GetEnum("algorithm", &out->algorithm, {"sppo", "sppo_all_k", "gpo", "dpo"});
+  node.GetEnum("launch", &out->launch, {"local", "remote"});
+  node.Get("held_out", &out->held_out, 0, 1 << 20);
+  node.Get("pipelined", &out->pipelined);
+  node.Get("inflight_per_generator", &out->inflight_per_generator, 1, 4096);
   return node.Finish();
+}
+
+// Reads only the addresses; the services check their sections in full.
+Status ReadAddresses(const YAML::Node& root, const std::string& file, const RunSection& run,
+                     ServiceAddresses* out) {
+  auto address_of = [&](const YAML::Node& n, const std::string& where, std::string* dest) -> Status {
+    if (!n.IsMap()) return InvalidArgument(file + ": " + where + ": must be a mapping");
+    for (const char* key : {"address", "listen"}) {
+      if (n[key] && n[key].IsScalar()) {
+        *dest = n[key].Scalar();
+        return Status::Ok();
+      }
+    }
+    if (run.launch == "remote")
+      return InvalidArgument(file + ": " + where + ".address: missing (run.launch is remote)");
+    return Status::Ok();
+  };
+  const YAML::Node gens = root["generators"];
+  if (!gens && run.launch == "local") {
+    out->generators.push_back("");  // one local generator
+  } else if (!gens || !gens.IsSequence() || gens.size() == 0) {
+    return InvalidArgument(file + ": generators: missing; give a list with one entry per generator");
+  }
+  for (size_t i = 0; gens && i < gens.size(); ++i) {
+    std::string a;
+    SPAR_RETURN_IF_ERROR(address_of(gens[i], "generators[" + std::to_string(i) + "]", &a));
+    out->generators.push_back(a);
+  }
+  if (!root["scorer"]) return InvalidArgument(file + ": scorer: missing");
+  SPAR_RETURN_IF_ERROR(address_of(root["scorer"], "scorer", &out->scorer));
+  if (!root["learner"]) return InvalidArgument(file + ": learner: missing");
+  SPAR_RETURN_IF_ERROR(address_of(root["learner"], "learner", &out->learner));
+  return Status::Ok();
 }
 
 Result<RunConfig> FromRoot(ConfigNode root) {
@@ -68,6 +105,8 @@ Result<RunConfig> FromRoot(ConfigNode root) {
   // launcher when it starts them).
   for (const auto& section : KnownConfigSections()) root.Ignore(section);
   SPAR_RETURN_IF_ERROR(root.Finish());
+  if (root.Has("generators") || root.Has("scorer") || root.Has("learner"))
+    SPAR_RETURN_IF_ERROR(ReadAddresses(root.raw(), root.file(), config.run, &config.services));
   return config;
 }
 

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/config.h"
 #include "common/status.h"
@@ -59,7 +60,20 @@ struct RunSection {
   std::string dir = "runs/default";
   uint32_t iterations = 3;
   int64_t seed = 1;
-  std::string algorithm = "sppo";   // sppo | sppo_all_k | gpo | dpo
+  std::string algorithm = "sppo";   // sppo | sppo_all_k | gpo | dpo (the learner's loss)
+  std::string launch = "local";     // local: start every service as a child; remote: connect
+  int64_t held_out = 8;             // prompts kept out of training to judge pi_t against pi_0
+  bool pipelined = true;            // false: all generation, then scoring, then training
+  int32_t inflight_per_generator = 4;
+};
+
+// Where the orchestrator reaches the services (remote mode), and how many
+// generators it starts (local mode). Each service validates its own
+// section in full when it starts.
+struct ServiceAddresses {
+  std::vector<std::string> generators;  // one per `generators:` entry
+  std::string scorer;
+  std::string learner;
 };
 
 struct RunConfig {
@@ -70,6 +84,7 @@ struct RunConfig {
   PolicyConfig policy;
   GenerationConfig generation;
   StorageConfig storage;
+  ServiceAddresses services;
 
   // Reads and validates a run config. Errors: NotFound (no file),
   // InvalidArgument naming the file, key and allowed values.

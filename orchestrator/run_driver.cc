@@ -1,0 +1,209 @@
+#include "orchestrator/run_driver.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "common/logging.h"
+#include "orchestrator/clients.h"
+#include "orchestrator/launcher.h"
+#include "orchestrator/prompt_set.h"
+#include "storage/run_store.h"
+
+extern char** environ;
+
+namespace spar {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Runs `argv` to completion with its output appended to `log_path`.
+Status RunToCompletion(const std::vector<std::string>& argv, const std::string& log_path) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid;
+  int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return Unavailable("cannot start " + argv[0] + ": " + std::strerror(rc));
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return Internal("`" + argv[1] + "` failed; its log (" + log_path + ") ends with:\n" + TailOfFile(log_path));
+  return Status::Ok();
+}
+
+std::string Absolute(const std::string& path) { return fs::absolute(path).lexically_normal().string(); }
+
+nlohmann::json StatsJson(const IterationStats& s) {
+  return {{"iteration", s.iteration},
+          {"prompts", s.prompts},
+          {"generated_groups", s.generated_groups},
+          {"reused_groups", s.reused_groups},
+          {"rollouts", s.rollouts},
+          {"rollout_tokens", s.rollout_tokens},
+          {"scored_groups", s.scored_groups},
+          {"trained_examples", s.trained_examples},
+          {"generation_seconds", s.generation_seconds},
+          {"tokens_per_second", s.generation_seconds > 0 ? s.rollout_tokens / s.generation_seconds : 0.0},
+          {"rollouts_per_second", s.generation_seconds > 0 ? s.rollouts / s.generation_seconds : 0.0},
+          {"scoring_busy_seconds", s.scoring_busy_seconds},
+          {"training_busy_seconds", s.training_busy_seconds},
+          {"finish_seconds", s.finish_seconds},
+          {"weight_sync_seconds", s.weight_sync_seconds},
+          {"wall_seconds", s.wall_seconds},
+          {"policy_version", s.policy_version},
+          {"checkpoint_dir", s.checkpoint_dir},
+          {"mean_chosen_win_rate", s.mean_chosen_win_rate},
+          {"learner_step", s.learner.step},
+          {"learner_loss", s.learner.loss},
+          {"learner_grad_norm", s.learner.grad_norm},
+          {"learner_tokens_per_second", s.learner.tokens_per_second},
+          {"lost_generators", s.lost_generators}};
+}
+
+}  // namespace
+
+Status EnsureInitialPolicy(const RunConfig& config, const std::string& spar_binary, const std::string& log_dir) {
+  const std::string& dir = config.policy.model;
+  if (fs::exists(fs::path(dir) / "config.json")) return Status::Ok();
+  const auto& init = config.policy.init;
+  if (!init.enabled)
+    return NotFound(config.source + ": policy.model '" + dir +
+                    "' has no config.json (and policy.init is not set to build it)");
+  Logger("run")->info("building the initial policy {} ({} {}, seed {})", dir, init.arch, init.preset, init.seed);
+  return RunToCompletion({spar_binary, "init-model", "--arch", init.arch, "--preset", init.preset, "--tokenizer",
+                          init.tokenizer, "--out", dir, "--seed", std::to_string(init.seed)},
+                         log_dir + "/init-model.log");
+}
+
+Status EnsureInitialPolicy(const RunConfig& config) {
+  SPAR_RETURN_IF_ERROR(EnsureDir(config.run.dir + "/logs"));
+  return EnsureInitialPolicy(config, Launcher::SelfExecutable(), config.run.dir + "/logs");
+}
+
+std::string SummaryJson(const RunSummary& summary) {
+  nlohmann::json iterations = nlohmann::json::array();
+  uint64_t rollouts = 0, tokens = 0;
+  double generation_seconds = 0;
+  for (const auto& s : summary.iterations) {
+    iterations.push_back(StatsJson(s));
+    rollouts += s.rollouts;
+    tokens += s.rollout_tokens;
+    generation_seconds += s.generation_seconds;
+  }
+  nlohmann::json j = {{"run_dir", summary.run_dir},
+                      {"final_model", summary.final_model},
+                      {"iterations_done", summary.iterations_done},
+                      {"iterations_resumed", summary.iterations_resumed},
+                      {"rollouts", rollouts},
+                      {"rollout_tokens", tokens},
+                      {"rollout_tokens_per_second", generation_seconds > 0 ? tokens / generation_seconds : 0.0},
+                      {"wall_seconds", summary.wall_seconds},
+                      {"iterations", iterations}};
+  return j.dump(2);
+}
+
+Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  auto log = Logger("run");
+  RunSummary summary;
+  summary.run_dir = Absolute(config.run.dir);
+  const std::string log_dir = summary.run_dir + "/logs";
+  SPAR_RETURN_IF_ERROR(EnsureDir(log_dir));
+  const std::string binary = options.spar_binary.empty() ? Launcher::SelfExecutable() : options.spar_binary;
+
+  SPAR_ASSIGN_OR_RETURN(PromptSet prompts, PromptSet::Load(config.prompts.path, config.prompts.limit));
+  SPAR_ASSIGN_OR_RETURN(auto store, RunStore::Open(summary.run_dir + "/store"));
+
+  // Which iterations are already done, and from which checkpoint to go on.
+  uint32_t first = 0;
+  std::string policy_dir = Absolute(config.policy.model);
+  for (uint32_t t = 0; t < config.run.iterations; ++t) {
+    SPAR_ASSIGN_OR_RETURN(auto state, store->GetIterationState(t));
+    if (!state) break;
+    auto j = nlohmann::json::parse(*state, nullptr, false);
+    if (j.is_discarded() || !j.value("done", false)) break;
+    first = t + 1;
+    policy_dir = j.value("checkpoint_dir", policy_dir);
+  }
+  summary.iterations_resumed = first;
+  if (first > 0) log->info("resuming after {} finished iteration(s) from {}", first, policy_dir);
+
+  std::unique_ptr<Launcher> launcher;
+  std::vector<std::string> generator_addresses = config.services.generators;
+  std::string scorer_address = config.services.scorer, learner_address = config.services.learner;
+  if (generator_addresses.empty()) generator_addresses.push_back("");
+  if (first < config.run.iterations && config.run.launch == "local") {
+    SPAR_RETURN_IF_ERROR(EnsureInitialPolicy(config, binary, log_dir));
+    launcher = std::make_unique<Launcher>(binary, log_dir);
+    const std::string cfg = Absolute(options.config_path);
+    const std::vector<std::string> policy_args = {"--config", cfg, "--model", policy_dir, "--policy-version",
+                                                  std::to_string(first)};
+    std::vector<std::pair<std::string, std::pair<std::string, std::vector<std::string>>>> plan;
+    plan.push_back({"scorer", {"scorer", {"--config", cfg}}});
+    plan.push_back({"learner", {"learner", policy_args}});
+    for (size_t i = 0; i < generator_addresses.size(); ++i) {
+      auto args = policy_args;
+      args.insert(args.end(), {"--id", "generator-" + std::to_string(i)});
+      plan.push_back({"generator-" + std::to_string(i), {"generator", args}});
+    }
+    for (const auto& [name, what] : plan) {
+      SPAR_ASSIGN_OR_RETURN(ChildService child, launcher->Start(name, what.first, what.second));
+      log->info("{} serving on {} (log {})", name, child.address, child.log_path);
+      if (name == "scorer") scorer_address = child.address;
+      if (name == "learner") learner_address = child.address;
+      if (name.rfind("generator-", 0) == 0) generator_addresses[std::stoul(name.substr(10))] = child.address;
+    }
+  }
+
+  std::vector<std::unique_ptr<GeneratorClient>> generator_clients;
+  std::vector<GeneratorClient*> generators;
+  for (size_t i = 0; i < generator_addresses.size(); ++i) {
+    generator_clients.push_back(MakeGrpcGeneratorClient("generator-" + std::to_string(i), generator_addresses[i]));
+    generators.push_back(generator_clients.back().get());
+  }
+  auto scorer = MakeGrpcScorerClient(scorer_address);
+  auto learner = MakeGrpcLearnerClient(learner_address);
+
+  PipelineOptions pipeline_options;
+  pipeline_options.generation = config.generation;
+  pipeline_options.seed = static_cast<uint64_t>(config.run.seed);
+  pipeline_options.pipelined = config.run.pipelined;
+  pipeline_options.inflight_per_generator = config.run.inflight_per_generator;
+  pipeline_options.checkpoint_root = summary.run_dir + "/checkpoints";
+  IterationPipeline pipeline(store.get(), generators, scorer.get(), learner.get(), pipeline_options);
+
+  summary.final_model = policy_dir;
+  for (uint32_t t = first; t < config.run.iterations; ++t) {
+    auto shard = prompts.Shard(t, config.run.iterations);
+    log->info("iteration {}: {} prompts", t, shard.size());
+    SPAR_ASSIGN_OR_RETURN(IterationStats stats, pipeline.Run(t, shard));
+    nlohmann::json state = StatsJson(stats);
+    state["done"] = true;
+    SPAR_RETURN_IF_ERROR(store->PutIterationState(t, state.dump()));
+    summary.final_model = stats.checkpoint_dir;
+    summary.iterations.push_back(stats);
+    if (options.on_iteration) options.on_iteration(stats);
+  }
+  summary.iterations_done = config.run.iterations;
+  summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  SPAR_RETURN_IF_ERROR(WriteFileAtomic(summary.run_dir + "/summary.json", SummaryJson(summary) + "\n"));
+  if (launcher) launcher->StopAll();
+  return summary;
+}
+
+}  // namespace spar

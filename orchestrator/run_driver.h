@@ -1,0 +1,58 @@
+// spar/orchestrator/run_driver.h — `spar run`: the whole SPPO/GPO run.
+//
+// Local mode (run.launch: local) starts every service as a child process of
+// this one on loopback, from the same config file (each reads its own
+// section); remote mode connects to the addresses in the config. Then, for
+// each iteration t not yet recorded as done in the run store: prompt shard
+// t goes through IterationPipeline (generate -> store -> score -> store ->
+// train), the learner checkpoints to RUN_DIR/checkpoints/iter-<t> and
+// streams version t+1 to the generators; the iteration's stats are stored.
+//
+// Resume: a second `spar run` on the same run folder skips iterations
+// recorded as done and (local mode) starts the learner and generators from
+// the last checkpoint at its version; the pipeline itself resumes a
+// half-done iteration from the store.
+//
+// Thread safety: one call at a time per run folder (the store's lock makes
+// a second process fail with FailedPrecondition).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "orchestrator/pipeline.h"
+#include "orchestrator/run_config.h"
+
+namespace spar {
+
+struct RunSummary {
+  std::string run_dir;
+  std::string final_model;  // HF folder of the last policy
+  uint32_t iterations_done = 0;
+  uint32_t iterations_resumed = 0;  // done by an earlier invocation
+  std::vector<IterationStats> iterations;  // those run by this invocation
+  double wall_seconds = 0;
+};
+
+struct RunDriverOptions {
+  std::string config_path;   // the YAML file the children read
+  std::string spar_binary;   // default: this executable
+  // Called after each iteration (progress output).
+  std::function<void(const IterationStats&)> on_iteration;
+};
+
+// Runs (or resumes) the run. Writes RUN_DIR/summary.json at the end.
+// Errors name the stage and service: a child that fails to start (with the
+// tail of its log), a service that stays unreachable, a store problem.
+Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& options);
+
+// Builds policy.model from policy.init when the folder is absent (seeded
+// random weights of a real architecture and the real tokenizer).
+Status EnsureInitialPolicy(const RunConfig& config);
+
+// summary.json contents.
+std::string SummaryJson(const RunSummary& summary);
+
+}  // namespace spar
