@@ -30,6 +30,7 @@ struct GenerateArgs {
   int32_t max_context = 2048;
   std::string device = "cpu";
   std::string dtype;
+  bool logprobs = false;
 };
 
 Result<std::vector<std::vector<ChatMessage>>> ReadPrompts(const GenerateArgs& args) {
@@ -147,9 +148,12 @@ int RunGenerate(const GenerateArgs& args) {
               [](const SampleOutput& a, const SampleOutput& b) { return a.sample_index < b.sample_index; });
     for (const auto& r : results[i]) {
       tokens += r.token_ids.size();
-      nlohmann::json j = {{"prompt_index", i},     {"sample_index", r.sample_index},
-                          {"text", r.text},        {"token_ids", r.token_ids},
-                          {"logprobs", r.logprobs}, {"finish_reason", r.finish_reason}};
+      nlohmann::json j = {{"prompt_index", i},
+                          {"sample_index", r.sample_index},
+                          {"text", r.text},
+                          {"token_ids", r.token_ids},
+                          {"finish_reason", r.finish_reason}};
+      if (args.logprobs) j["logprobs"] = r.logprobs;
       if (file.is_open()) {
         file << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       } else {
@@ -169,6 +173,7 @@ void Setup(CLI::App& sub) {
   sub.add_option("--prompt", args->prompt, "one user message");
   sub.add_option("--input", args->input, "JSONL of {\"prompt\"} or {\"messages\"}");
   sub.add_option("--out", args->out, "write rollouts as JSONL here instead of printing");
+  sub.add_flag("--logprobs", args->logprobs, "include per-token log-probs (temperature 1) in --out");
   sub.add_flag("--raw", args->raw, "encode the prompt text as is (no chat template)");
   sub.add_option("-n,--num-samples", args->n, "samples per prompt (K)")->check(CLI::Range(1, 1024));
   sub.add_option("--temperature", args->sampling.temperature, "0 = greedy");

@@ -1,5 +1,8 @@
 // `spar tokenize --tokenizer DIR [--text T | --input FILE] [--chat] [--add-bos]
 //  [--decode "1,2,3"] [--verbose]`: ids of a text or a chat, or the text of ids.
+// Without --text/--input it is a filter: JSON lines {"text": ...} (or
+// {"messages": [...]}) on stdin -> {"ids": [...]} on stdout; with a bare
+// --decode, {"ids": [...]} -> {"text": ...}.
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -23,7 +26,48 @@ struct TokenizeArgs {
   bool add_bos = false;
   bool no_parse_special = false;
   bool verbose = false;
+  bool decode_stream = false;
 };
+
+Result<std::vector<ChatMessage>> ParseChat(const std::string& text, const std::string& origin);
+
+// The JSON-lines filter. Bad lines are errors naming the line number.
+int RunStream(const Tokenizer& tok, const TokenizeArgs& args) {
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(std::cin, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto bad = [&](const std::string& what) {
+      return Fail("tokenize", InvalidArgument("stdin:" + std::to_string(n) + ": " + what));
+    };
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+    nlohmann::json out;
+    if (args.decode_stream) {
+      if (!j.contains("ids") || !j["ids"].is_array()) return bad("needs \"ids\": [...]");
+      std::vector<int32_t> ids;
+      for (const auto& v : j["ids"]) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+          return bad("ids must be non-negative integers");
+        ids.push_back(v.get<int32_t>());
+      }
+      out["text"] = tok.Decode(ids);
+    } else if (j.contains("text") && j["text"].is_string()) {
+      out["ids"] = tok.Encode(j["text"].get<std::string>(), args.add_bos, !args.no_parse_special);
+    } else if (j.contains("messages")) {
+      auto messages = ParseChat(j["messages"].dump(), "stdin:" + std::to_string(n));
+      if (!messages.ok()) return Fail("tokenize", messages.status());
+      auto ids = tok.EncodeChat(*messages, args.generation_prompt);
+      if (!ids.ok()) return bad(ids.status().message());
+      out["ids"] = *ids;
+    } else {
+      return bad("needs \"text\" (a string) or \"messages\" (a list)");
+    }
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
+  return 0;
+}
 
 std::string Quoted(const std::string& s) {
   return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -81,6 +125,8 @@ void PrintTokens(const Tokenizer& tok, const std::vector<int32_t>& ids) {
 int RunTokenize(const TokenizeArgs& args) {
   auto tok = Tokenizer::FromDir(args.tokenizer);
   if (!tok.ok()) return Fail("tokenize", tok.status());
+  if (args.decode_stream || (args.decode.empty() && args.text.empty() && args.input.empty()))
+    return RunStream(**tok, args);
   if (!args.decode.empty()) {
     auto ids = ParseIds(args.decode);
     if (!ids.ok()) return Fail("tokenize", ids.status());
@@ -125,13 +171,20 @@ void Setup(CLI::App& sub) {
   auto* text = sub.add_option("--text", args->text, "text to encode");
   auto* input = sub.add_option("--input", args->input, "file whose contents to encode");
   text->excludes(input);
-  auto* decode = sub.add_option("--decode", args->decode, "comma-separated ids to decode instead");
+  auto* decode = sub.add_option_function<std::string>(
+      "--decode",
+      [args](const std::string& v) {
+        args->decode = v;
+        args->decode_stream = v.empty();
+      },
+      "comma-separated ids to decode; bare: stdin JSON lines {\"ids\"} -> {\"text\"}");
+  decode->expected(0, 1);
   decode->excludes(text)->excludes(input);
   sub.add_flag("--chat", args->chat,
                "the input is a JSON array of {role, content}: render the chat template");
   sub.add_flag("--generation-prompt", args->generation_prompt,
                "with --chat: end with the assistant header");
-  sub.add_flag("--add-bos", args->add_bos, "prepend BOS (plain text only)");
+  sub.add_flag("--add-bos,--add-special", args->add_bos, "prepend BOS (plain text only)");
   sub.add_flag("--no-parse-special", args->no_parse_special,
                "encode special-token strings as plain text");
   sub.add_flag("--verbose,-v", args->verbose, "also print each token (id, vocab string, text)");

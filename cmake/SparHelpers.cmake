@@ -5,6 +5,17 @@ function(spar_warnings target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
 endfunction()
 
+# spar_reuse_torch_pch(target): compile `target` with spar_model's
+# precompiled <torch/torch.h>. Executables are built -fPIE by default and GCC
+# refuses a PCH made with -fPIC (the libraries'), so they get -fPIC too.
+function(spar_reuse_torch_pch target)
+  target_precompile_headers(${target} REUSE_FROM spar_model)
+  get_target_property(type ${target} TYPE)
+  if(type STREQUAL "EXECUTABLE")
+    target_compile_options(${target} PRIVATE -fPIC)
+  endif()
+endfunction()
+
 # spar_add_test_suite(NAME <name> SOURCES <...> LIBS <...> LABELS <...>
 #                     [TIMEOUT s] [TORCH])
 # One GoogleTest executable per source folder; every TEST becomes its own
@@ -23,7 +34,7 @@ function(spar_add_test_suite)
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_LIBS} spar_test_support GTest::gtest GTest::gmock GTest::gtest_main)
   spar_warnings(${ARG_NAME})
   if(ARG_TORCH)
-    target_precompile_headers(${ARG_NAME} REUSE_FROM spar_model)
+    spar_reuse_torch_pch(${ARG_NAME})
   endif()
   gtest_discover_tests(${ARG_NAME}
     PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}

@@ -7,6 +7,68 @@
 
 namespace spar {
 
+namespace {
+
+constexpr int64_t kCandidates = 1024;
+
+// Rows with a top-k or top-p filter. Transformers' order: temperature, then
+// top-k, then top-p over the renormalised top-k distribution. The head of
+// each row (its kCandidates most likely tokens, or top_k if larger) comes
+// from one topk, which is all a trained model's nucleus needs; a row whose
+// nucleus is wider than the head (a flat distribution, e.g. a freshly
+// initialised model) finds its probability threshold by bisection instead
+// of sorting the whole vocabulary (~3x faster at V = 128k).
+torch::Tensor SampleFiltered(const torch::Tensor& probs, const std::vector<float>& top_ps,
+                             const std::vector<int64_t>& top_ks, const torch::Tensor& u) {
+  const int64_t b = probs.size(0), v = probs.size(1);
+  const auto device = probs.device();
+  int64_t width = std::min(v, kCandidates);
+  for (int64_t k : top_ks) width = std::max(width, std::min(k, v));
+  auto head = probs.topk(width, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
+  auto head_probs = std::get<0>(head);
+  auto head_ids = std::get<1>(head);
+  auto top_p = torch::tensor(top_ps).to(device).unsqueeze(1);
+  auto top_k = torch::tensor(top_ks).to(device).unsqueeze(1);
+  auto rank = torch::arange(width, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
+  auto in_k = rank < top_k;
+  // With top-k the nucleus is measured on the renormalised top-k mass.
+  auto k_mass = (head_probs * in_k).sum(-1, /*keepdim=*/true);
+  std::vector<uint8_t> limited(b);
+  for (int64_t i = 0; i < b; ++i) limited[i] = top_ks[i] < v;
+  auto has_k = torch::tensor(std::vector<int64_t>(limited.begin(), limited.end())).to(device).to(torch::kBool)
+                   .unsqueeze(1);
+  auto q = torch::where(has_k, head_probs / k_mass, head_probs);
+  auto cumulative = q.cumsum(-1);
+  auto keep = ((cumulative - q) < top_p).logical_and(in_k);
+  auto cdf = (head_probs * keep).cumsum(-1);
+  auto pos = torch::searchsorted(cdf, u * cdf.narrow(1, width - 1, 1)).clamp_max(width - 1);
+  auto chosen = head_ids.gather(1, pos).squeeze(1);
+
+  // Rows without top-k whose nucleus does not fit in the head.
+  auto covered = (cumulative.narrow(1, width - 1, 1) >= top_p).logical_or(has_k).squeeze(1);
+  auto uncovered = covered.logical_not().nonzero().squeeze(1);
+  if (uncovered.numel() == 0) return chosen;
+  auto rows = probs.index_select(0, uncovered);
+  auto row_p = top_p.index_select(0, uncovered);
+  // The largest threshold t with mass(p >= t) >= top_p: the nucleus up to ties.
+  auto lo = torch::zeros({rows.size(0), 1}, rows.options());
+  auto hi = std::get<0>(rows.max(-1, /*keepdim=*/true));
+  for (int i = 0; i < 20; ++i) {
+    auto mid = (lo + hi) * 0.5;
+    auto mass = torch::where(rows >= mid, rows, torch::zeros({}, rows.options())).sum(-1, true);
+    auto ok = mass >= row_p;
+    lo = torch::where(ok, mid, lo);
+    hi = torch::where(ok, hi, mid);
+  }
+  auto nucleus_cdf = torch::where(rows >= lo, rows, torch::zeros({}, rows.options())).cumsum(-1);
+  auto row_u = u.index_select(0, uncovered);
+  auto picked = torch::searchsorted(nucleus_cdf, row_u * nucleus_cdf.narrow(1, v - 1, 1)).clamp_max(v - 1);
+  chosen.index_put_({uncovered}, picked.squeeze(1));
+  return chosen;
+}
+
+}  // namespace
+
 void SampleTokens(const torch::Tensor& logits, const std::vector<SamplerRow>& rows,
                   std::vector<int32_t>* tokens, std::vector<float>* logprobs) {
   TORCH_CHECK(logits.dim() == 2 && logits.size(0) == static_cast<int64_t>(rows.size()),
@@ -36,21 +98,7 @@ void SampleTokens(const torch::Tensor& logits, const std::vector<SamplerRow>& ro
     auto u = torch::tensor(uniforms).to(opts.device()).unsqueeze(1);
     auto probs = torch::softmax(x / temp, -1);
     if (any_filtered) {
-      auto sorted = probs.sort(/*dim=*/-1, /*descending=*/true);
-      auto sorted_probs = std::get<0>(sorted);
-      auto order = std::get<1>(sorted);
-      auto cumulative = sorted_probs.cumsum(-1);
-      auto top_p = torch::tensor(top_ps).to(opts.device()).unsqueeze(1);
-      auto top_k = torch::tensor(top_ks).to(opts.device()).unsqueeze(1);
-      auto rank = torch::arange(v, torch::TensorOptions().dtype(torch::kLong).device(opts.device()))
-                      .unsqueeze(0);
-      // Keep the smallest prefix whose mass reaches top_p (the first token
-      // always), and at most top_k tokens.
-      auto keep = ((cumulative - sorted_probs) < top_p).logical_and(rank < top_k);
-      auto cdf = (sorted_probs * keep).cumsum(-1);
-      auto target = u * cdf.narrow(1, v - 1, 1);
-      auto pos = torch::searchsorted(cdf, target).clamp_max(v - 1);
-      chosen = order.gather(1, pos).squeeze(1);
+      chosen = SampleFiltered(probs, top_ps, top_ks, u);
     } else {
       auto cdf = probs.cumsum(-1);
       auto target = u * cdf.narrow(1, v - 1, 1);

@@ -26,6 +26,18 @@ torch::Tensor CausalLMPolicy::Forward(const torch::Tensor& input_ids, const torc
   return model_->Forward(input_ids, attention_mask);
 }
 
+torch::Tensor CausalLMPolicy::MaskedSequenceLogProbs(const torch::Tensor& input_ids,
+                                                     const torch::Tensor& attention_mask, const torch::Tensor& labels,
+                                                     const torch::Tensor& loss_mask) {
+  auto hidden = model_->Hidden(input_ids, attention_mask);  // [N, T, H]
+  auto where = loss_mask.nonzero();                         // [M, 2]: (row, position)
+  auto rows = where.select(1, 0), positions = where.select(1, 1);
+  auto selected = hidden.index({rows, positions});          // [M, H]
+  auto logp = torch::log_softmax(torch::linear(selected, model_->OutputWeight()).to(torch::kFloat32), -1);
+  auto token = logp.gather(1, labels.index({rows, positions}).unsqueeze(1)).squeeze(1);  // [M]
+  return torch::zeros({input_ids.size(0)}, token.options()).index_add(0, rows, token);
+}
+
 std::vector<torch::Tensor> CausalLMPolicy::Parameters() { return model_->parameters(); }
 
 std::vector<std::pair<std::string, torch::Tensor>> CausalLMPolicy::NamedWeights() {

@@ -27,6 +27,8 @@ class CausalLMPolicy final : public TrainablePolicy {
   CausalLMPolicy(CausalLM model, std::string tokenizer_dir, std::string name);
 
   torch::Tensor Forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) override;
+  torch::Tensor MaskedSequenceLogProbs(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                       const torch::Tensor& labels, const torch::Tensor& loss_mask) override;
   std::vector<torch::Tensor> Parameters() override;
   std::vector<std::pair<std::string, torch::Tensor>> NamedWeights() override;
   std::unique_ptr<TrainablePolicy> FrozenCopy() override;

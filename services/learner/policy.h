@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "common/status.h"
+#include "services/learner/losses.h"
 
 namespace spar {
 
@@ -21,6 +22,15 @@ class TrainablePolicy {
   virtual ~TrainablePolicy() = default;
   // Logits [N, T, V] for right-padded input_ids [N, T] with attention_mask.
   virtual torch::Tensor Forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) = 0;
+  // Sums log p(labels[n, t]) over the positions where loss_mask is 1 ->
+  // [N] (labels already shifted: position t predicts labels[n, t]). The
+  // default runs Forward over every position; decoders override it to apply
+  // the output head only where the mask is set (the vocabulary projection
+  // is most of a small model's cost).
+  virtual torch::Tensor MaskedSequenceLogProbs(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                               const torch::Tensor& labels, const torch::Tensor& loss_mask) {
+    return SequenceLogProbs(Forward(input_ids, attention_mask), labels, loss_mask);
+  }
   virtual std::vector<torch::Tensor> Parameters() = 0;
   // Weights under their Hugging Face names (views, no copies).
   virtual std::vector<std::pair<std::string, torch::Tensor>> NamedWeights() = 0;

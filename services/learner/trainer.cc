@@ -35,8 +35,9 @@ Status PolicyTrainer::BeginIteration(int64_t total_steps) {
 
 torch::Tensor PolicyTrainer::SequenceLogps(TrainablePolicy* model, const TokenBatch& batch) {
   const auto device = model->device();
-  torch::Tensor logits = model->Forward(batch.input_ids.to(device), batch.attention_mask.to(device));
-  return SequenceLogProbs(logits, batch.labels.to(device), batch.loss_mask.to(device))
+  return model
+      ->MaskedSequenceLogProbs(batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device),
+                               batch.loss_mask.to(device))
       .view({batch.groups, batch.k});
 }
 

@@ -36,10 +36,22 @@ def load_launcher():
     return mod
 
 
+def example_config():
+    """examples/local.yaml with its policy folder pointed somewhere absent, so
+    the plan does not depend on whether the main job has already run here."""
+    with open(os.path.join(ROOT, "examples", "local.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["policy"]["model"] = os.path.join(tempfile.gettempdir(), "spar-slurm-test-absent", "policy-init")
+    path = os.path.join(tempfile.gettempdir(), "spar-slurm-test-%d.yaml" % os.getpid())
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
 def dry_run(extra, nodelist="node[1-3]"):
     env = dict(os.environ, SLURM_JOB_NODELIST=nodelist, SLURM_JOB_ID="4242",
                PATH="/usr/bin:/bin")  # no scontrol: the launcher's own parser
-    r = subprocess.run([sys.executable, LAUNCHER, "--config", os.path.join(ROOT, "examples", "local.yaml"),
+    r = subprocess.run([sys.executable, LAUNCHER, "--config", example_config(),
                         "--dry-run", "--json", "--spar", "/opt/spar/bin/spar", "--job-dir", "/shared/job"] + extra,
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     if r.returncode != 0:

@@ -45,7 +45,7 @@ generation:
 generator:
   model: unused-spar-run-passes-the-policy
   max_batch: 12
-  max_context: 256
+  max_context: 512
 scorer:
   kind: rule
   tau: 1.0

@@ -149,7 +149,9 @@ TEST_F(EngineTest, LogProbsAreThoseOfTheFullForward) {
   EngineOptions options;
   options.max_batch = 2;
   options.max_context = 64;
-  auto engine = *GenerationEngine::Create(model, tokenizer_, options);
+  auto created = GenerationEngine::Create(model, tokenizer_, options);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  auto engine = std::move(*created);
   SamplingOptions s;
   s.temperature = 0.7f;
   s.top_p = 0.9f;

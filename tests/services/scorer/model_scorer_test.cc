@@ -80,8 +80,9 @@ TEST_P(ModelScorerTest, GpmMatrixIsTheGatedSkewProductOfUnbatchedEmbeddings) {
     o.allowed_extra_prefixes = {"value_head.", "prompt_head."};
     return o;
   }());
-  auto reader = *CheckpointReader::Open(folder);
-  PreferenceHeads heads{*reader->Load("value_head.weight"), *reader->Load("prompt_head.weight")};
+  auto reader = CheckpointReader::Open(folder);
+  ASSERT_TRUE(reader.ok());
+  PreferenceHeads heads{*(*reader)->Load("value_head.weight"), *(*reader)->Load("prompt_head.weight")};
   torch::NoGradGuard no_grad;
   for (size_t g = 0; g < groups.size(); ++g) {
     const auto& p = (*prefs)[g];
