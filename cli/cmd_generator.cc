@@ -8,6 +8,7 @@
 #include "common/files.h"
 #include "common/logging.h"
 #include "metrics/metrics_http.h"
+#include "metrics/telemetry.h"
 #include "services/common/server.h"
 #include "services/generator/generator_config.h"
 #include "services/generator/generator_service.h"
@@ -25,6 +26,7 @@ struct GeneratorArgs {
   std::string model;
   std::string id;
   int64_t policy_version = -1;
+  std::string bus;
 };
 
 std::atomic<bool> g_stop{false};
@@ -70,6 +72,16 @@ int RunGenerator(const GeneratorArgs& args) {
     metrics_http = std::move(*started);
     log->info("metrics on http://{}/metrics", metrics_http->address());
   }
+  // On the bus: metrics snapshots, heartbeats and lifecycle events (the
+  // /metrics endpoint above stays the generator's own).
+  std::unique_ptr<ServiceTelemetry> telemetry;
+  if (!args.bus.empty()) {
+    metrics.GetGauge(metric_names::kGeneratorMaxSlots, "Decode slots", {{"generator", config->id}})
+        ->Set(static_cast<double>(config->max_batch));
+    auto started = ServiceTelemetry::Start({"generator", config->id, args.bus, "", server->address}, &metrics);
+    if (!started.ok()) return Fail("generator", started.status());
+    telemetry = std::move(*started);
+  }
   if (!args.ready_file.empty()) {
     Status s = WriteFileAtomic(args.ready_file, server->address + "\n");
     if (!s.ok()) return Fail("generator", s);
@@ -96,6 +108,7 @@ void Setup(CLI::App& sub) {
   sub.add_option("--model", args->model, "override generator.model (HF folder)");
   sub.add_option("--id", args->id, "override generator.id (its name in logs, metrics and rollouts)");
   sub.add_option("--policy-version", args->policy_version, "version of the weights it starts with");
+  sub.add_option("--bus", args->bus, "publish metrics and lifecycle events to this bus broker (tcp://host:port)");
   sub.callback([args]() { Exit(RunGenerator(*args)); });
 }
 

@@ -7,6 +7,7 @@
 #include "cli/command.h"
 #include "common/files.h"
 #include "common/logging.h"
+#include "metrics/telemetry.h"
 #include "services/common/server.h"
 #include "services/learner/causal_lm_policy.h"
 #include "services/learner/learner_config.h"
@@ -25,6 +26,8 @@ struct LearnerArgs {
   std::string rendezvous;
   std::string model;
   uint64_t policy_version = 0;
+  std::string bus;
+  std::string metrics_listen;
 };
 
 std::atomic<bool> g_stop{false};
@@ -81,9 +84,35 @@ int RunLearner(const LearnerArgs& args) {
     Status s = WriteFileAtomic(args.ready_file, server->address + "\n");
     if (!s.ok()) return Fail("learner", s);
   }
+  MetricsRegistry metrics;
+  const MetricLabels labels{{"learner", "learner-0"}};
+  auto* step = metrics.GetGauge(metric_names::kLearnerStep, "Optimizer step in this iteration", labels);
+  auto* loss = metrics.GetGauge(metric_names::kLearnerLoss, "Loss of the last step", labels);
+  auto* lr = metrics.GetGauge(metric_names::kLearnerLearningRate, "Learning rate of the last step", labels);
+  auto* grad_norm = metrics.GetGauge(metric_names::kLearnerGradNorm, "Gradient norm before clipping", labels);
+  auto* tokens_per_second = metrics.GetGauge(metric_names::kLearnerTokensPerSecond, "Training tokens/s", labels);
+  auto* waiting = metrics.GetCounter(metric_names::kLearnerDataWaitSecondsTotal, "Seconds waiting for data", labels);
+  std::unique_ptr<ServiceTelemetry> telemetry;
+  if (!args.bus.empty() || !args.metrics_listen.empty()) {
+    auto started = ServiceTelemetry::Start({"learner", "learner-0", args.bus, args.metrics_listen, server->address},
+                                           &metrics);
+    if (!started.ok()) return Fail("learner", started.status());
+    telemetry = std::move(*started);
+  }
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  double waited = 0;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto p = (*core)->Progress();
+    step->Set(static_cast<double>(p.step));
+    loss->Set(p.loss);
+    lr->Set(p.learning_rate);
+    grad_norm->Set(p.grad_norm);
+    tokens_per_second->Set(p.tokens_per_second);
+    if (p.seconds_waiting_for_data > waited) waiting->Increment(p.seconds_waiting_for_data - waited);
+    waited = p.seconds_waiting_for_data;
+  }
   log->info("shutting down");
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;
@@ -101,6 +130,8 @@ void Setup(CLI::App& sub) {
   sub.add_option("--model", args->model, "override learner.model (HF folder to start from)");
   sub.add_option("--policy-version", args->policy_version,
                  "version of the starting weights (a resumed run starts at its iteration)");
+  sub.add_option("--bus", args->bus, "publish metrics and lifecycle events to this bus broker (tcp://host:port)");
+  sub.add_option("--metrics-listen", args->metrics_listen, "serve Prometheus /metrics on host:port");
   sub.callback([args]() { Exit(RunLearner(*args)); });
 }
 

@@ -5,6 +5,7 @@
 #include "cli/command.h"
 #include "common/files.h"
 #include "common/logging.h"
+#include "metrics/telemetry.h"
 #include "services/common/server.h"
 #include "services/scorer/scorer_config.h"
 #include "services/scorer/scorer_service.h"
@@ -16,6 +17,8 @@ struct ScorerArgs {
   std::string config;
   std::string listen;
   std::string ready_file;
+  std::string bus;
+  std::string metrics_listen;
 };
 
 std::atomic<bool> g_stop{false};
@@ -44,9 +47,31 @@ int RunScorer(const ScorerArgs& args) {
     Status s = WriteFileAtomic(args.ready_file, server->address + "\n");
     if (!s.ok()) return Fail("scorer", s);
   }
+  // Counters mirror the core's totals; the telemetry thread publishes them
+  // on the bus and serves /metrics.
+  MetricsRegistry metrics;
+  const MetricLabels labels{{"scorer", "scorer"}};
+  auto* groups = metrics.GetCounter(metric_names::kScorerGroupsTotal, "Prompt groups scored", labels);
+  auto* responses = metrics.GetCounter(metric_names::kScorerResponsesTotal, "Responses scored", labels);
+  auto* queued = metrics.GetGauge(metric_names::kScorerQueueDepth, "Groups waiting for the model", labels);
+  std::unique_ptr<ServiceTelemetry> telemetry;
+  if (!args.bus.empty() || !args.metrics_listen.empty()) {
+    auto started = ServiceTelemetry::Start({"scorer", "scorer", args.bus, args.metrics_listen, server->address},
+                                           &metrics);
+    if (!started.ok()) return Fail("scorer", started.status());
+    telemetry = std::move(*started);
+  }
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ScorerStats last;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const ScorerStats now = (*core)->Stats();
+    groups->Increment(static_cast<double>(now.groups_scored - last.groups_scored));
+    responses->Increment(static_cast<double>(now.responses_scored - last.responses_scored));
+    queued->Set(static_cast<double>(now.queued_groups));
+    last = now;
+  }
   log->info("shutting down");
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;
@@ -58,6 +83,8 @@ void Setup(CLI::App& sub) {
   sub.add_option("--listen", args->listen, "override scorer.listen (host:port, port 0 = any)");
   sub.add_option("--ready-file", args->ready_file,
                  "write the bound host:port to this file once serving (for launchers)");
+  sub.add_option("--bus", args->bus, "publish metrics and lifecycle events to this bus broker (tcp://host:port)");
+  sub.add_option("--metrics-listen", args->metrics_listen, "serve Prometheus /metrics on host:port");
   sub.callback([args]() { Exit(RunScorer(*args)); });
 }
 

@@ -11,11 +11,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <thread>
+
+#include "bus/bus.h"
 #include "common/files.h"
 #include "common/logging.h"
 #include "orchestrator/clients.h"
 #include "orchestrator/launcher.h"
+#include "metrics/metrics.h"
+#include "metrics/telemetry.h"
 #include "orchestrator/prompt_set.h"
+#include "orchestrator/report.h"
 #include "storage/run_store.h"
 
 extern char** environ;
@@ -74,6 +81,43 @@ nlohmann::json StatsJson(const IterationStats& s) {
           {"learner_tokens_per_second", s.learner.tokens_per_second},
           {"lost_generators", s.lost_generators}};
 }
+
+// The run's bus: a broker every local service publishes to (spar top
+// subscribes through RUN_DIR/bus.json), and a recorder that keeps every
+// metrics snapshot in the run store as history for `spar report`.
+class RunBus {
+ public:
+  static Result<std::unique_ptr<RunBus>> Start(const std::string& run_dir, RunStore* store) {
+    auto bus = std::unique_ptr<RunBus>(new RunBus());
+    SPAR_ASSIGN_OR_RETURN(bus->broker_, BusBroker::Start({"tcp://127.0.0.1:0", "tcp://127.0.0.1:0"}));
+    const auto& a = bus->broker_->addresses();
+    nlohmann::json j = {{"publish", a.publish}, {"subscribe", a.subscribe}};
+    SPAR_RETURN_IF_ERROR(WriteFileAtomic(run_dir + "/bus.json", j.dump() + "\n"));
+    SPAR_ASSIGN_OR_RETURN(auto subscriber, BusSubscriber::Connect(a.subscribe, {"metrics."}));
+    bus->thread_ = std::thread([b = bus.get(), store, sub = std::shared_ptr<BusSubscriber>(std::move(subscriber))] {
+      while (!b->stop_) {
+        auto message = sub->Receive(std::chrono::milliseconds(200));
+        if (!message.ok() || !*message || !(*message)->envelope.has_metrics()) continue;
+        const auto& e = (*message)->envelope;
+        // History is best effort: a failed append is logged, never fatal.
+        Status s = store->AppendMetrics(MetricsPointFromSnapshot(e.source(), e.unix_micros(), e.metrics()));
+        if (!s.ok()) Logger("run")->warn("metrics history: {}", s.ToString());
+      }
+    });
+    return bus;
+  }
+  ~RunBus() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  const BusAddresses& addresses() const { return broker_->addresses(); }
+
+ private:
+  RunBus() = default;
+  std::unique_ptr<BusBroker> broker_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 }  // namespace
 
@@ -143,6 +187,17 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   summary.iterations_resumed = first;
   if (first > 0) log->info("resuming after {} finished iteration(s) from {}", first, policy_dir);
 
+  SPAR_ASSIGN_OR_RETURN(auto bus, RunBus::Start(summary.run_dir, store.get()));
+  MetricsRegistry metrics;
+  auto* iteration_gauge = metrics.GetGauge(metric_names::kOrchestratorIteration, "Current iteration (0-based)");
+  metrics.GetGauge(metric_names::kOrchestratorIterations, "Iterations in this run")->Set(config.run.iterations);
+  auto* prompts_done = metrics.GetCounter(metric_names::kOrchestratorPromptsTotal, "Prompts finished in this run");
+  auto* pending = metrics.GetGauge(metric_names::kOrchestratorPrompts, "Prompts by stage", {{"stage", "pending"}});
+  auto* done = metrics.GetGauge(metric_names::kOrchestratorPrompts, "Prompts by stage", {{"stage", "done"}});
+  SPAR_ASSIGN_OR_RETURN(auto telemetry, ServiceTelemetry::Start({"orchestrator", "orchestrator",
+                                                                 bus->addresses().publish, "", ""},
+                                                                &metrics));
+
   std::unique_ptr<Launcher> launcher;
   std::vector<std::string> generator_addresses = config.services.generators;
   std::string scorer_address = config.services.scorer, learner_address = config.services.learner;
@@ -151,10 +206,11 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
     SPAR_RETURN_IF_ERROR(EnsureInitialPolicy(config, binary, log_dir));
     launcher = std::make_unique<Launcher>(binary, log_dir);
     const std::string cfg = Absolute(options.config_path);
+    const std::string bus_address = bus->addresses().publish;
     const std::vector<std::string> policy_args = {"--config", cfg, "--model", policy_dir, "--policy-version",
-                                                  std::to_string(first)};
+                                                  std::to_string(first), "--bus", bus_address};
     std::vector<std::pair<std::string, std::pair<std::string, std::vector<std::string>>>> plan;
-    plan.push_back({"scorer", {"scorer", {"--config", cfg}}});
+    plan.push_back({"scorer", {"scorer", {"--config", cfg, "--bus", bus_address}}});
     plan.push_back({"learner", {"learner", policy_args}});
     for (size_t i = 0; i < generator_addresses.size(); ++i) {
       auto args = policy_args;
@@ -191,7 +247,13 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   for (uint32_t t = first; t < config.run.iterations; ++t) {
     auto shard = prompts.Shard(t, config.run.iterations);
     log->info("iteration {}: {} prompts", t, shard.size());
+    iteration_gauge->Set(t);
+    pending->Set(static_cast<double>(shard.size()));
+    done->Set(0);
     SPAR_ASSIGN_OR_RETURN(IterationStats stats, pipeline.Run(t, shard));
+    pending->Set(0);
+    done->Set(static_cast<double>(shard.size()));
+    prompts_done->Increment(static_cast<double>(shard.size()));
     nlohmann::json state = StatsJson(stats);
     state["done"] = true;
     SPAR_RETURN_IF_ERROR(store->PutIterationState(t, state.dump()));
