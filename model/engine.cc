@@ -376,7 +376,7 @@ void GenerationEngine::Prefill(std::vector<std::shared_ptr<Sequence>>& admitted)
   }
   std::sort(active_.begin(), active_.end(),
             [](const std::shared_ptr<Sequence>& a, const std::shared_ptr<Sequence>& b) { return a->slot < b->slot; });
-  busy_slots_ = static_cast<int32_t>(active_.size() + finished.size());
+  busy_slots_ = static_cast<int32_t>(active_.size());
   for (auto& seq : finished) Finish(seq, seq->out.finish_reason);
 }
 
@@ -411,8 +411,10 @@ void GenerationEngine::DecodeStep() {
     (Append(*active_[i], next[i], logprobs[i]) ? finished : still).push_back(active_[i]);
   }
   active_ = std::move(still);
-  for (auto& seq : finished) Finish(seq, seq->out.finish_reason);
+  // Stats are current before the callbacks run (a caller woken by on_done
+  // sees its slots free).
   busy_slots_ = static_cast<int32_t>(active_.size());
+  for (auto& seq : finished) Finish(seq, seq->out.finish_reason);
 }
 
 bool GenerationEngine::Append(Sequence& seq, int32_t token, float logprob) {
