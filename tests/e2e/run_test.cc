@@ -20,7 +20,7 @@ using ::spar::testing::TempDir;
 using ::spar::testing::TokenizerDir;
 using ::spar::testing::WriteFile;
 
-std::string Config(const fs::path& root, const std::string& tokenizer, int iterations, int extra_learner_steps = 0) {
+std::string Config(const fs::path& root, const std::string& tokenizer, int iterations) {
   std::string yaml = R"(log_level: info
 run:
   dir: )" + (root / "run").string() + R"(
@@ -62,7 +62,6 @@ learner:
   max_length: 128
   max_prompt_length: 64
 )";
-  (void)extra_learner_steps;
   return yaml;
 }
 

@@ -28,15 +28,6 @@ CausalLM Create(const ModelConfig& config, uint64_t seed = 7) {
   return *model;
 }
 
-bool PythonHasTorch() {
-  static const bool has = [] {
-    if (!fs::exists("/usr/bin/python3")) return false;
-    std::string output;
-    return ::spar::testing::RunProcess({"/usr/bin/python3", "-c", "import torch"}, &output) == 0;
-  }();
-  return has;
-}
-
 class CausalLMTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CausalLMTest, ParameterNamesAreTheHuggingFaceNames) {
@@ -71,7 +62,7 @@ TEST_P(CausalLMTest, SaveLoadRoundTripGivesTheSameLogits) {
 }
 
 TEST_P(CausalLMTest, MatchesTheIndependentPythonForward) {
-  if (!PythonHasTorch()) GTEST_SKIP() << "/usr/bin/python3 has no torch (scripts/setup.sh installs it)";
+  if (!::spar::testing::PythonHasTorch()) GTEST_SKIP() << "/usr/bin/python3 has no torch (scripts/setup.sh installs it)";
   auto config = Preset(GetParam(), "tiny");
   auto model = Create(config, 11);
   TempDir dir;

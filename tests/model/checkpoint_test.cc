@@ -527,15 +527,6 @@ TEST(CheckpointTest, HfFolderWithTheRealTokenizer) {
 
 // --- An independent reader/writer: Debian's python3 with torch ----------------
 
-bool PythonHasTorch() {
-  static const bool has = [] {
-    if (!fs::exists("/usr/bin/python3")) return false;
-    std::string output;
-    return ::spar::testing::RunProcess({"/usr/bin/python3", "-c", "import torch"}, &output) == 0;
-  }();
-  return has;
-}
-
 fs::path ReferenceScript() {
   return ::spar::testing::SourceDir() / "tests" / "model" / "reference" / "read_safetensors.py";
 }
@@ -568,7 +559,7 @@ std::vector<double> Values(const json& values) {
 }
 
 TEST(CheckpointPythonTest, PythonReadsWhatWeWrite) {
-  if (!PythonHasTorch()) GTEST_SKIP() << "/usr/bin/python3 has no torch";
+  if (!::spar::testing::PythonHasTorch()) GTEST_SKIP() << "/usr/bin/python3 has no torch";
   TempDir dir;
   NamedTensors tensors = EveryDType();
   tensors.emplace_back("scalar", torch::tensor(-3.75));
@@ -605,7 +596,7 @@ TEST(CheckpointPythonTest, PythonReadsWhatWeWrite) {
 }
 
 TEST(CheckpointPythonTest, WeReadWhatPythonWrites) {
-  if (!PythonHasTorch()) GTEST_SKIP() << "/usr/bin/python3 has no torch";
+  if (!::spar::testing::PythonHasTorch()) GTEST_SKIP() << "/usr/bin/python3 has no torch";
   TempDir dir;
   const fs::path file = dir.path() / "model.safetensors";
   json expected = RunReference("write", file);

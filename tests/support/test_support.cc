@@ -84,4 +84,13 @@ std::string ReadFile(const fs::path& path) {
   return ss.str();
 }
 
+bool PythonHasTorch() {
+  static const bool has = [] {
+    if (!std::filesystem::exists("/usr/bin/python3")) return false;
+    std::string output;
+    return RunProcess({"/usr/bin/python3", "-c", "import torch"}, &output) == 0;
+  }();
+  return has;
+}
+
 }  // namespace spar::testing

@@ -29,6 +29,10 @@ std::filesystem::path SourceDir();
 // Returns an empty path when the files are absent; callers GTEST_SKIP then.
 std::filesystem::path TokenizerDir(const std::string& name);
 
+// True when Debian's /usr/bin/python3 can import torch (the independent
+// numerical references in tests/model/reference need it); checked once.
+bool PythonHasTorch();
+
 // Path of the built `spar` binary.
 std::string SparBinary();
 
