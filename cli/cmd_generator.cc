@@ -9,6 +9,7 @@
 #include "common/logging.h"
 #include "metrics/metrics_http.h"
 #include "metrics/telemetry.h"
+#include "orchestrator/launcher.h"
 #include "services/common/server.h"
 #include "services/generator/generator_config.h"
 #include "services/generator/generator_service.h"
@@ -74,21 +75,49 @@ int RunGenerator(const GeneratorArgs& args) {
   }
   // On the bus: metrics snapshots, heartbeats and lifecycle events (the
   // /metrics endpoint above stays the generator's own).
+  // Figures derived here from the core's series (same names and labels give
+  // the same series): rollouts/s, occupancy, and the last update's GB/s.
+  const MetricLabels labels{{"generator", config->id}};
+  metrics.GetGauge(metric_names::kGeneratorMaxSlots, "Decode slots", labels)
+      ->Set(static_cast<double>(config->max_batch));
+  RateGauge rollouts_per_second(
+      metrics.GetCounter(metric_names::kGeneratorRolloutsTotal, "Rollouts completed", labels),
+      metrics.GetGauge(metric_names::kGeneratorRolloutsPerSecond, "Rollouts per second over the last 5 s", labels));
+  const Gauge* busy_slots = metrics.GetGauge(metric_names::kGeneratorBusySlots, "Decode slots in use", labels);
+  Gauge* occupancy =
+      metrics.GetGauge(metric_names::kGeneratorBatchOccupancy, "Decode slots in use / slots (0..1)", labels);
+  const Counter* sync_bytes =
+      metrics.GetCounter(metric_names::kWeightSyncBytesTotal, "Weight bytes received over UpdateWeights", labels);
+  const Histogram* sync_seconds = metrics.GetHistogram(metric_names::kWeightSyncSeconds,
+                                                       "Seconds per applied weight update", LatencyBuckets(), labels);
+  Gauge* sync_gbps = metrics.GetGauge(metric_names::kWeightSyncGigabytesPerSecond,
+                                      "GB/s of the last applied weight update", labels);
   std::unique_ptr<ServiceTelemetry> telemetry;
   if (!args.bus.empty()) {
-    metrics.GetGauge(metric_names::kGeneratorMaxSlots, "Decode slots", {{"generator", config->id}})
-        ->Set(static_cast<double>(config->max_batch));
     auto started = ServiceTelemetry::Start({"generator", config->id, args.bus, "", server->address}, &metrics);
     if (!started.ok()) return Fail("generator", started.status());
     telemetry = std::move(*started);
   }
   if (!args.ready_file.empty()) {
-    Status s = WriteFileAtomic(args.ready_file, server->address + "\n");
+    Status s = WriteReadyFile(args.ready_file, server->address, metrics_http ? metrics_http->address() : "");
     if (!s.ok()) return Fail("generator", s);
   }
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  uint64_t syncs_seen = 0;
+  double bytes_seen = 0, seconds_seen = 0;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    rollouts_per_second.Update();
+    if (config->max_batch > 0) occupancy->Set(busy_slots->value() / static_cast<double>(config->max_batch));
+    if (sync_seconds->count() != syncs_seen) {
+      const double bytes = sync_bytes->value() - bytes_seen, seconds = sync_seconds->sum() - seconds_seen;
+      if (seconds > 0) sync_gbps->Set(bytes / seconds / 1e9);
+      syncs_seen = sync_seconds->count();
+      bytes_seen = sync_bytes->value();
+      seconds_seen = sync_seconds->sum();
+    }
+  }
   log->info("shutting down");
   http.reset();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

@@ -8,6 +8,7 @@
 #include "common/files.h"
 #include "common/logging.h"
 #include "metrics/telemetry.h"
+#include "orchestrator/launcher.h"
 #include "services/common/server.h"
 #include "services/learner/causal_lm_policy.h"
 #include "services/learner/learner_config.h"
@@ -80,10 +81,6 @@ int RunLearner(const LearnerArgs& args) {
   if (!server.ok()) return Fail("learner", server.status());
   log->info("serving Learner on {} (loss {}, optimizer {}, lr {})", server->address,
             LossKindName(config->loss.kind), config->optimizer, config->learning_rate);
-  if (!args.ready_file.empty()) {
-    Status s = WriteFileAtomic(args.ready_file, server->address + "\n");
-    if (!s.ok()) return Fail("learner", s);
-  }
   MetricsRegistry metrics;
   const MetricLabels labels{{"learner", "learner-0"}};
   auto* step = metrics.GetGauge(metric_names::kLearnerStep, "Optimizer step in this iteration", labels);
@@ -98,6 +95,10 @@ int RunLearner(const LearnerArgs& args) {
                                            &metrics);
     if (!started.ok()) return Fail("learner", started.status());
     telemetry = std::move(*started);
+  }
+  if (!args.ready_file.empty()) {
+    Status s = WriteReadyFile(args.ready_file, server->address, telemetry ? telemetry->metrics_address() : "");
+    if (!s.ok()) return Fail("learner", s);
   }
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });

@@ -6,6 +6,7 @@
 #include "common/files.h"
 #include "common/logging.h"
 #include "metrics/telemetry.h"
+#include "orchestrator/launcher.h"
 #include "services/common/server.h"
 #include "services/scorer/scorer_config.h"
 #include "services/scorer/scorer_service.h"
@@ -35,6 +36,20 @@ int RunScorer(const ScorerArgs& args) {
   if (!model.ok()) return Fail("scorer", model.status());
   auto core = ScorerCore::Create(std::move(*model), config->limits);
   if (!core.ok()) return Fail("scorer", core.status());
+  // Counters mirror the core's totals; the telemetry thread publishes them
+  // on the bus and serves /metrics.
+  MetricsRegistry metrics;
+  const MetricLabels labels{{"scorer", "scorer"}};
+  auto* groups = metrics.GetCounter(metric_names::kScorerGroupsTotal, "Prompt groups scored", labels);
+  auto* responses = metrics.GetCounter(metric_names::kScorerResponsesTotal, "Responses scored", labels);
+  auto* queued = metrics.GetGauge(metric_names::kScorerQueueDepth, "Groups waiting for the model", labels);
+  auto* latency = metrics.GetHistogram(metric_names::kScorerLatencySeconds,
+                                       "Seconds from a Score request to its answer", LatencyBuckets(), labels);
+  RateGauge groups_per_second(groups, metrics.GetGauge(metric_names::kScorerGroupsPerSecond,
+                                                       "Groups scored per second over the last 5 s", labels));
+  RateGauge responses_per_second(responses, metrics.GetGauge(metric_names::kScorerResponsesPerSecond,
+                                                             "Responses scored per second over the last 5 s", labels));
+  (*core)->SetLatencyObserver([latency](double seconds, size_t) { latency->Observe(seconds); });
   ScorerService service(core->get());
   GrpcServerOptions options;
   options.address = config->listen;
@@ -43,23 +58,16 @@ int RunScorer(const ScorerArgs& args) {
   const auto& d = (*core)->description();
   log->info("serving PreferenceScorer on {} (kind {}, model {}, tau {}, {})", server->address,
             d.kind, d.model_name, d.tau, ConventionName(d.convention));
-  if (!args.ready_file.empty()) {
-    Status s = WriteFileAtomic(args.ready_file, server->address + "\n");
-    if (!s.ok()) return Fail("scorer", s);
-  }
-  // Counters mirror the core's totals; the telemetry thread publishes them
-  // on the bus and serves /metrics.
-  MetricsRegistry metrics;
-  const MetricLabels labels{{"scorer", "scorer"}};
-  auto* groups = metrics.GetCounter(metric_names::kScorerGroupsTotal, "Prompt groups scored", labels);
-  auto* responses = metrics.GetCounter(metric_names::kScorerResponsesTotal, "Responses scored", labels);
-  auto* queued = metrics.GetGauge(metric_names::kScorerQueueDepth, "Groups waiting for the model", labels);
   std::unique_ptr<ServiceTelemetry> telemetry;
   if (!args.bus.empty() || !args.metrics_listen.empty()) {
     auto started = ServiceTelemetry::Start({"scorer", "scorer", args.bus, args.metrics_listen, server->address},
                                            &metrics);
     if (!started.ok()) return Fail("scorer", started.status());
     telemetry = std::move(*started);
+  }
+  if (!args.ready_file.empty()) {
+    Status s = WriteReadyFile(args.ready_file, server->address, telemetry ? telemetry->metrics_address() : "");
+    if (!s.ok()) return Fail("scorer", s);
   }
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });
@@ -70,6 +78,8 @@ int RunScorer(const ScorerArgs& args) {
     groups->Increment(static_cast<double>(now.groups_scored - last.groups_scored));
     responses->Increment(static_cast<double>(now.responses_scored - last.responses_scored));
     queued->Set(static_cast<double>(now.queued_groups));
+    groups_per_second.Update();
+    responses_per_second.Update();
     last = now;
   }
   log->info("shutting down");

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -60,6 +61,24 @@ Result<std::string> SubscribeAddressOf(const std::string& run_dir) {
   return it->get<std::string>();
 }
 
+// The services `spar run` listed in RUN_DIR/services.json with their bus
+// source names, so that one already dead shows as down. Absent file: none.
+Status ExpectServicesOf(const std::string& run_dir, TopView& view) {
+  const std::string path = run_dir + "/services.json";
+  if (!std::filesystem::exists(path)) return Status::Ok();
+  SPAR_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("services") || !j["services"].is_array())
+    return DataLoss("'" + path + "' is not {\"services\": [...]}");
+  for (const auto& s : j["services"]) {
+    if (!s.is_object()) return DataLoss("'" + path + "': a services entry is not an object");
+    const std::string source = s.value("source", std::string());
+    const std::string service = s.value("service", std::string());
+    if (!source.empty()) view.Expect(source, service);
+  }
+  return Status::Ok();
+}
+
 // Feeds every message that arrives before `until` into the view.
 Status Pump(BusSubscriber& sub, TopView& view, std::chrono::steady_clock::time_point until) {
   while (!g_stop) {
@@ -92,6 +111,10 @@ int RunTop(const TopArgs& args) {
   options.width = args.width > 0 ? args.width : TerminalWidth();
   options.color = !args.no_color && !args.once && isatty(STDOUT_FILENO);
   TopView view(options);
+  if (!args.run_dir.empty()) {
+    Status s = ExpectServicesOf(args.run_dir, view);
+    if (!s.ok()) return Fail("top", s);
+  }
 
   if (args.once) {
     // Rates need two snapshots of a source, so keep listening a little
@@ -99,12 +122,12 @@ int RunTop(const TopArgs& args) {
     const auto start = std::chrono::steady_clock::now();
     const auto limit = start + std::chrono::milliseconds(static_cast<int64_t>(args.wait * 1000));
     Status s = Pump(**sub, view, std::min(limit, start + std::chrono::milliseconds(500)));
-    while (s.ok() && std::chrono::steady_clock::now() < limit && view.source_count() == 0)
+    while (s.ok() && std::chrono::steady_clock::now() < limit && view.heard_count() == 0)
       s = Pump(**sub, view, std::min(limit, std::chrono::steady_clock::now() + std::chrono::milliseconds(200)));
-    if (s.ok() && view.source_count() > 0)
+    if (s.ok() && view.heard_count() > 0)
       s = Pump(**sub, view, std::min(limit, std::chrono::steady_clock::now() + std::chrono::milliseconds(2200)));
     if (!s.ok()) return Fail("top", s);
-    if (view.source_count() == 0) {
+    if (view.heard_count() == 0) {
       std::cout << "no services seen on " << address << "\n";
       return 1;
     }
@@ -120,7 +143,7 @@ int RunTop(const TopArgs& args) {
     Status s = Pump(**sub, view, std::chrono::steady_clock::now() + interval);
     if (!s.ok()) return Fail("top", s);
     if (args.width <= 0) view.set_width(TerminalWidth());  // follow terminal resizes
-    std::string frame = view.source_count() == 0 ? "spar top  waiting for services on " + address + " ...\n"
+    std::string frame = view.heard_count() == 0 ? "spar top  waiting for services on " + address + " ...\n"
                                                  : view.Render(NowMicros());
     // Home, draw, clear what the last frame left below.
     std::cout << "\x1b[H" << frame << "\x1b[J" << std::flush;

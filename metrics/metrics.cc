@@ -92,6 +92,20 @@ std::vector<uint64_t> Histogram::CumulativeCounts() const {
   return out;
 }
 
+RateGauge::RateGauge(const Counter* counter, Gauge* gauge, std::chrono::milliseconds window)
+    : counter_(counter), gauge_(gauge), window_(window) {}
+
+void RateGauge::Update(std::chrono::steady_clock::time_point now) {
+  samples_.emplace_back(now, counter_->value());
+  // Keep one sample at or before the window's start, so the rate always
+  // spans the whole window once the process has run that long.
+  while (samples_.size() > 2 && samples_[1].first <= now - window_) samples_.pop_front();
+  const auto& [t0, v0] = samples_.front();
+  const double dt = std::chrono::duration<double>(now - t0).count();
+  if (dt < 1e-3) return;
+  gauge_->Set(std::max(0.0, samples_.back().second - v0) / dt);
+}
+
 std::vector<double> LatencyBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100};
 }

@@ -12,7 +12,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +62,25 @@ class Histogram {
   std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // bounds_.size() + 1
   std::atomic<uint64_t> count_{0};
   std::atomic<double> sum_{0.0};
+};
+
+// Keeps `gauge` at the per-second increase of `counter` over the last
+// `window`, so a reader of /metrics sees a rate without rate(). Update()
+// samples the counter; call it from the process's loop (every ~0.1-1 s).
+// Until two samples span some time, the gauge stays as it was.
+// Thread safety: one thread calls Update(); the series themselves are
+// atomic. Neither pointer is owned; both must outlive the RateGauge.
+class RateGauge {
+ public:
+  RateGauge(const Counter* counter, Gauge* gauge,
+            std::chrono::milliseconds window = std::chrono::seconds(5));
+  void Update(std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
+
+ private:
+  const Counter* counter_;
+  Gauge* gauge_;
+  std::chrono::milliseconds window_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, double>> samples_;
 };
 
 // Buckets for latencies in seconds: 1 ms .. 100 s.

@@ -42,10 +42,14 @@ namespace metric_names {
 inline constexpr char kGeneratorTokensTotal[] = "spar_generator_tokens_total";          // counter
 inline constexpr char kGeneratorRolloutsTotal[] = "spar_generator_rollouts_total";      // counter
 inline constexpr char kGeneratorTokensPerSecond[] = "spar_generator_tokens_per_second";  // gauge
+// Rollouts/s over the last few seconds (the process derives it from the
+// counter with a RateGauge, so a Prometheus user needs no rate()).
+inline constexpr char kGeneratorRolloutsPerSecond[] = "spar_generator_rollouts_per_second";  // gauge
 inline constexpr char kGeneratorBusySlots[] = "spar_generator_busy_slots";              // gauge
-// Decode slots configured (max_batch), so occupancy = busy / max. New: the
-// generator should register it once at start.
+// Decode slots configured (max_batch), so occupancy = busy / max; and the
+// occupancy itself, 0..1.
 inline constexpr char kGeneratorMaxSlots[] = "spar_generator_max_slots";                // gauge
+inline constexpr char kGeneratorBatchOccupancy[] = "spar_generator_batch_occupancy";    // gauge
 inline constexpr char kGeneratorQueueDepth[] = "spar_generator_queue_depth";            // gauge
 inline constexpr char kGeneratorPolicyVersion[] = "spar_generator_policy_version";      // gauge
 inline constexpr char kGeneratorTimeToFirstToken[] = "spar_generator_time_to_first_token_seconds";  // histogram
@@ -53,11 +57,21 @@ inline constexpr char kGeneratorTimeToFirstToken[] = "spar_generator_time_to_fir
 inline constexpr char kWeightSyncBytesTotal[] = "spar_weight_sync_bytes_total";      // counter
 inline constexpr char kWeightSyncSeconds[] = "spar_weight_sync_seconds";             // histogram
 inline constexpr char kWeightSyncAppliedTotal[] = "spar_weight_sync_applied_total";  // counter
+// GB/s of the last applied update (bytes / seconds of that update).
+inline constexpr char kWeightSyncGigabytesPerSecond[] = "spar_weight_sync_gigabytes_per_second";  // gauge
+// Sender side, the orchestrator's view of the learner's publication down the
+// generator chain at the end of each iteration (last iteration's figures).
+inline constexpr char kWeightPublishSeconds[] = "spar_weight_publish_seconds";          // gauge
+inline constexpr char kWeightPublishBytes[] = "spar_weight_publish_bytes";              // gauge
+inline constexpr char kWeightPublishGigabytesPerSecond[] = "spar_weight_publish_gigabytes_per_second";  // gauge
 // Scorer (label scorer=<id>).
 inline constexpr char kScorerGroupsTotal[] = "spar_scorer_groups_total";        // counter: groups scored
 inline constexpr char kScorerResponsesTotal[] = "spar_scorer_responses_total";  // counter: responses scored
-inline constexpr char kScorerLatencySeconds[] = "spar_scorer_latency_seconds";  // histogram: per group
+// Seconds from a Score request's arrival to its answer (queue + model).
+inline constexpr char kScorerLatencySeconds[] = "spar_scorer_latency_seconds";  // histogram: per request
 inline constexpr char kScorerQueueDepth[] = "spar_scorer_queue_depth";          // gauge: groups waiting
+inline constexpr char kScorerGroupsPerSecond[] = "spar_scorer_groups_per_second";        // gauge (RateGauge)
+inline constexpr char kScorerResponsesPerSecond[] = "spar_scorer_responses_per_second";  // gauge (RateGauge)
 // Learner (label learner=<id>).
 inline constexpr char kLearnerStep[] = "spar_learner_step";                          // gauge: optimizer step
 inline constexpr char kLearnerLoss[] = "spar_learner_loss";                          // gauge: last step's loss
@@ -77,6 +91,22 @@ inline constexpr char kOrchestratorPrompts[] = "spar_orchestrator_prompts";  // 
 inline constexpr const char* kOrchestratorStages[] = {"pending", "generating", "scoring", "training", "done"};
 // Prompts that finished every stage, over the whole run.
 inline constexpr char kOrchestratorPromptsTotal[] = "spar_orchestrator_prompts_total";  // counter
+// How long a prompt waited in front of a stage (label stage=generation |
+// scoring | training): from becoming ready for it (pending / generated /
+// scored) until the stage started on it. Long waits in front of a stage
+// mean the stage before outruns it.
+inline constexpr char kOrchestratorStageWaitSeconds[] = "spar_orchestrator_stage_wait_seconds";  // histogram{stage}
+// Seconds a stage sat idle waiting on the stage before it (label stage=
+// scoring | training); its rate is the fraction of time the stage starves.
+inline constexpr char kOrchestratorStageIdleSecondsTotal[] =
+    "spar_orchestrator_stage_idle_seconds_total";  // counter{stage}
+// Seconds the pipeline spent in each stage's calls (label stage=generation
+// | scoring | training), summed over concurrent calls.
+inline constexpr char kOrchestratorStageBusySecondsTotal[] =
+    "spar_orchestrator_stage_busy_seconds_total";  // counter{stage}
+// Rollouts and response tokens the orchestrator received, over the run.
+inline constexpr char kOrchestratorRolloutsTotal[] = "spar_orchestrator_rollouts_total";  // counter
+inline constexpr char kOrchestratorRolloutTokensTotal[] = "spar_orchestrator_rollout_tokens_total";  // counter
 }  // namespace metric_names
 
 struct ServiceTelemetryOptions {

@@ -26,6 +26,12 @@ std::string TailOfFile(const std::string& path, size_t max_bytes) {
   return out;
 }
 
+Status WriteReadyFile(const std::string& path, const std::string& address, const std::string& metrics_address) {
+  std::string text = address + "\n";
+  if (!metrics_address.empty()) text += "metrics " + metrics_address + "\n";
+  return WriteFileAtomic(path, text);
+}
+
 std::string Launcher::SelfExecutable() {
   std::error_code ec;
   auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -76,6 +82,8 @@ Result<ChildService> Launcher::Start(const std::string& name, const std::string&
     std::string line;
     if (in && std::getline(in, line) && !line.empty()) {
       children_.back().address = line;
+      while (std::getline(in, line))
+        if (line.rfind("metrics ", 0) == 0) children_.back().metrics_address = line.substr(8);
       return children_.back();
     }
     if (!Alive(name)) {

@@ -2,7 +2,9 @@
 // on loopback for the one-machine mode of `spar run`.
 //
 // A child is `spar <service> --config FILE --listen 127.0.0.1:0
-// --ready-file F`; it writes its bound address to F once it serves. The
+// --ready-file F`; it writes its bound address to F once it serves (first
+// line), and when it serves Prometheus text a second line
+// `metrics HOST:PORT` (see WriteReadyFile). The
 // launcher waits for that (or for the child to die, with the tail of its log
 // in the error), and stops children on destruction (SIGTERM, then SIGKILL).
 //
@@ -24,8 +26,15 @@ struct ChildService {
   std::string name;      // "scorer", "generator-0", ...
   pid_t pid = -1;
   std::string address;   // host:port it serves on
+  std::string metrics_address;  // host:port of its /metrics, "" when it serves none
   std::string log_path;
 };
+
+// What a service writes to its --ready-file once it serves: its gRPC
+// address, then `metrics <host:port>` when it serves /metrics. Written
+// atomically (a reader never sees half of it).
+Status WriteReadyFile(const std::string& path, const std::string& address,
+                      const std::string& metrics_address);
 
 class Launcher {
  public:

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -14,6 +15,7 @@
 
 #include "bus/mailbox.h"
 #include "common/logging.h"
+#include "metrics/telemetry.h"
 
 namespace spar {
 
@@ -88,6 +90,78 @@ std::vector<uint64_t> TakeBatch(Mailbox& box, const v1::ActorMessage& first, siz
   return batch;
 }
 
+// The pipeline's live figures (metric_names::kOrchestrator*). Every
+// series is a detached dummy when the options carry no registry, so the
+// code below never checks.
+struct PipelineMetrics {
+  explicit PipelineMetrics(MetricsRegistry* registry) {
+    MetricsRegistry* r = registry ? registry : &own;
+    namespace mn = metric_names;
+    for (const char* stage : mn::kOrchestratorStages)
+      prompts[stage] = r->GetGauge(mn::kOrchestratorPrompts, "Prompts of the current iteration by stage",
+                                   {{"stage", stage}});
+    prompts_total = r->GetCounter(mn::kOrchestratorPromptsTotal, "Prompts that finished every stage");
+    rollouts_total = r->GetCounter(mn::kOrchestratorRolloutsTotal, "Rollouts received from the generators");
+    tokens_total = r->GetCounter(mn::kOrchestratorRolloutTokensTotal, "Response tokens received");
+    for (const char* stage : {"generation", "scoring", "training"}) {
+      wait[stage] = r->GetHistogram(mn::kOrchestratorStageWaitSeconds,
+                                    "Seconds a prompt waited in front of a stage", LatencyBuckets(),
+                                    {{"stage", stage}});
+      busy[stage] = r->GetCounter(mn::kOrchestratorStageBusySecondsTotal,
+                                  "Seconds spent in the stage's service calls", {{"stage", stage}});
+    }
+    for (const char* stage : {"scoring", "training"})
+      idle[stage] = r->GetCounter(mn::kOrchestratorStageIdleSecondsTotal,
+                                  "Seconds the stage waited on the stage before it", {{"stage", stage}});
+    publish_seconds = r->GetGauge(mn::kWeightPublishSeconds, "Seconds of the last weight publication");
+    publish_bytes = r->GetGauge(mn::kWeightPublishBytes, "Bytes of the last weight publication");
+    publish_gbps = r->GetGauge(mn::kWeightPublishGigabytesPerSecond, "GB/s of the last weight publication");
+  }
+  void SetStages(double pending, double generating, double scoring, double training, double done) {
+    prompts["pending"]->Set(pending);
+    prompts["generating"]->Set(generating);
+    prompts["scoring"]->Set(scoring);
+    prompts["training"]->Set(training);
+    prompts["done"]->Set(done);
+  }
+
+  MetricsRegistry own;
+  std::map<std::string, Gauge*> prompts;
+  std::map<std::string, Histogram*> wait;
+  std::map<std::string, Counter*> busy, idle;
+  Counter* prompts_total;
+  Counter* rollouts_total;
+  Counter* tokens_total;
+  Gauge* publish_seconds;
+  Gauge* publish_bytes;
+  Gauge* publish_gbps;
+};
+
+// When each prompt became ready for a stage, for the wait histograms.
+class ReadySince {
+ public:
+  void Mark(const std::vector<uint64_t>& indices) {
+    const auto now = Clock::now();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (uint64_t i : indices) since_[i] = now;
+  }
+  // Observes the wait of each index that was marked, and forgets it.
+  void Take(const std::vector<uint64_t>& indices, Histogram* wait) {
+    const auto now = Clock::now();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (uint64_t i : indices) {
+      auto it = since_.find(i);
+      if (it == since_.end()) continue;
+      wait->Observe(std::chrono::duration<double>(now - it->second).count());
+      since_.erase(it);
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<uint64_t, Clock::time_point> since_;
+};
+
 }  // namespace
 
 IterationPipeline::IterationPipeline(RunStore* store, std::vector<GeneratorClient*> generators,
@@ -124,6 +198,14 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
   if (stats.reused_groups)
     log->info("iteration {}: resuming — {} groups stored ({} scored), {} prompts to generate", iteration,
               stats.reused_groups, to_train.size(), to_generate.size());
+
+  PipelineMetrics metrics(options_.metrics);
+  metrics.SetStages(static_cast<double>(to_generate.size()), 0, static_cast<double>(to_score.size()),
+                    static_cast<double>(to_train.size()), 0);
+  ReadySince ready_to_generate, ready_to_score, ready_to_train;
+  ready_to_generate.Mark(to_generate);
+  ready_to_score.Mark(to_score);
+  ready_to_train.Mark(to_train);
 
   std::atomic<bool> stop{false};
   auto started = WithRetries("learner StartIteration", options_, stop, [&] {
@@ -171,14 +253,19 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
               index = queue.front();
               queue.pop_front();
             }
+            ready_to_generate.Take({index}, metrics.wait["generation"]);
             const PromptRecord& prompt = *by_index.at(index);
+            const auto t0 = Clock::now();
             auto group = client->Generate(prompt, options_.generation,
                                           PromptSeed(options_.seed, iteration, index),
                                           options_.generate_timeout);
+            metrics.busy["generation"]->Increment(Since(t0));
             Status s = group.ok() ? store_->PutGroup(*group) : group.status();
             if (s.ok()) {
               uint64_t tokens = 0;
               for (const auto& r : group->rollouts) tokens += r.token_ids.size();
+              metrics.rollouts_total->Increment(static_cast<double>(group->rollouts.size()));
+              metrics.tokens_total->Increment(static_cast<double>(tokens));
               {
                 std::lock_guard<std::mutex> lock(stats_mutex);
                 stats.rollouts += group->rollouts.size();
@@ -216,11 +303,15 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
 
   // ---- scorer actor ----
   threads.emplace_back([&] {
+    auto idle_since = Clock::now();
     for (bool stop_seen = false; !stop_seen;) {
       auto m = scorer_box->Receive(std::chrono::milliseconds(200));
+      metrics.idle["scoring"]->Increment(Since(idle_since));
+      idle_since = Clock::now();
       if (!m) continue;
       if (m->kind() == "stop") break;
       std::vector<uint64_t> batch = TakeBatch(*scorer_box, *m, options_.score_batch_groups, &stop_seen);
+      ready_to_score.Take(batch, metrics.wait["scoring"]);
       std::vector<RolloutGroup> groups;
       Status failed;
       for (uint64_t i : batch) {
@@ -242,6 +333,7 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
         auto scores = WithRetries("scorer at " + scorer_->address(), options_, stop, [&] {
           return scorer_->Score(prompts, group_ptrs, options_.score_timeout);
         });
+        metrics.busy["scoring"]->Increment(Since(t0));
         {
           std::lock_guard<std::mutex> lock(stats_mutex);
           stats.scoring_busy_seconds += Since(t0);
@@ -257,16 +349,21 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
       }
       if (failed.ok()) to_coord->Post("scored", JoinIndices(batch)).IgnoreError();
       else to_coord->Post("fatal", failed.WithContext("scoring").ToString()).IgnoreError();
+      idle_since = Clock::now();
     }
   });
 
   // ---- learner actor ----
   threads.emplace_back([&] {
+    auto idle_since = Clock::now();
     for (bool stop_seen = false; !stop_seen;) {
       auto m = learner_box->Receive(std::chrono::milliseconds(200));
+      metrics.idle["training"]->Increment(Since(idle_since));
+      idle_since = Clock::now();
       if (!m) continue;
       if (m->kind() == "stop") break;
       std::vector<uint64_t> batch = TakeBatch(*learner_box, *m, options_.train_batch_groups, &stop_seen);
+      ready_to_train.Take(batch, metrics.wait["training"]);
       std::vector<RolloutGroup> groups;
       std::vector<ScoreRecord> scores;
       Status failed;
@@ -290,6 +387,7 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
         auto t0 = Clock::now();
         auto accepted = WithRetries("learner at " + learner_->address(), options_, stop,
                                     [&] { return learner_->Submit(gp, sp, options_.learner_timeout); });
+        metrics.busy["training"]->Increment(Since(t0));
         {
           std::lock_guard<std::mutex> lock(stats_mutex);
           stats.training_busy_seconds += Since(t0);
@@ -303,6 +401,7 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
       }
       if (failed.ok()) to_coord->Post("trained", JoinIndices(batch)).IgnoreError();
       else to_coord->Post("fatal", failed.WithContext("training").ToString()).IgnoreError();
+      idle_since = Clock::now();
     }
   });
 
@@ -340,10 +439,22 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
   } else {
     scored_waiting = to_train;
   }
+  auto publish_stages = [&] {
+    size_t generating = 0;
+    for (int n : outstanding) generating += static_cast<size_t>(std::max(n, 0));
+    metrics.SetStages(static_cast<double>(pending.size()), static_cast<double>(generating),
+                      static_cast<double>(generated - scored), static_cast<double>(scored - trained),
+                      static_cast<double>(trained));
+  };
   dispatch();
+  publish_stages();
   while (fatal.ok() && trained < shard.size()) {
     auto m = coord_box->Receive(std::chrono::milliseconds(500));
     if (!m) continue;
+    struct PublishOnExit {
+      std::function<void()> fn;
+      ~PublishOnExit() { fn(); }
+    } publish_on_exit{publish_stages};
     const std::string& kind = m->kind();
     if (kind == "generate_failed") {
       auto body = nlohmann::json::parse(m->body());
@@ -365,6 +476,7 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
         break;
       }
       pending.push_front(i);
+      ready_to_generate.Mark({i});
       if (std::none_of(alive.begin(), alive.end(), [](bool a) { return a; })) {
         fatal = Unavailable("every generator is down");
         break;
@@ -375,6 +487,8 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
       --outstanding[parts[0]];
       ++generated;
       dispatch();
+      publish_stages();
+      ready_to_score.Mark({parts[1]});
       if (options_.pipelined) {
         to_scorer->Post("score", U64(parts[1])).IgnoreError();
       } else {
@@ -389,6 +503,8 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
       auto batch = SplitIndices(m->body());
       scored += batch.size();
       stats.scored_groups += batch.size();
+      ready_to_train.Mark(batch);
+      publish_stages();  // before the learner hears of the batch, so it counts as training there
       if (options_.pipelined) {
         to_learner->Post("train", m->body()).IgnoreError();
       } else {
@@ -399,7 +515,9 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
         }
       }
     } else if (kind == "trained") {
-      trained += SplitIndices(m->body()).size();
+      const size_t n = SplitIndices(m->body()).size();
+      trained += n;
+      metrics.prompts_total->Increment(static_cast<double>(n));
     } else if (kind == "fatal") {
       fatal = Unavailable(m->body());
     }
@@ -430,6 +548,10 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
   if (!finished.ok()) return finished.status().WithContext("iteration " + std::to_string(iteration));
   stats.finish_seconds = Since(t0);
   stats.weight_sync_seconds = finished->publish_seconds;
+  metrics.publish_seconds->Set(finished->publish_seconds);
+  metrics.publish_bytes->Set(static_cast<double>(finished->publish_bytes));
+  if (finished->publish_seconds > 0)
+    metrics.publish_gbps->Set(static_cast<double>(finished->publish_bytes) / finished->publish_seconds / 1e9);
   stats.policy_version = finished->policy_version;
   stats.checkpoint_dir = finished->checkpoint_dir;
   stats.learner = finished->progress;

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "metrics/metrics.h"
 #include "orchestrator/clients.h"
 #include "orchestrator/run_config.h"
 #include "storage/run_store.h"
@@ -52,6 +53,11 @@ struct PipelineOptions {
   std::chrono::milliseconds max_backoff{std::chrono::seconds(30)};
   int max_service_attempts = 20;     // scorer / learner retries before giving up
   std::string checkpoint_root;       // iteration t goes to <root>/iter-<t>
+  // Where the pipeline keeps its live figures (not owned; null = none):
+  // prompts per stage, the time prompts wait in front of each stage, the
+  // time scoring and training sit idle waiting on the stage before, and the
+  // weight publication of each iteration. Names in metrics/telemetry.h.
+  MetricsRegistry* metrics = nullptr;
 };
 
 struct IterationStats {

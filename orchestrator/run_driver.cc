@@ -1,6 +1,7 @@
 #include "orchestrator/run_driver.h"
 
 #include <fcntl.h>
+#include <unistd.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -188,15 +189,17 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   if (first > 0) log->info("resuming after {} finished iteration(s) from {}", first, policy_dir);
 
   SPAR_ASSIGN_OR_RETURN(auto bus, RunBus::Start(summary.run_dir, store.get()));
-  MetricsRegistry metrics;
+  MetricsRegistry own_metrics;
+  MetricsRegistry& metrics = options.metrics ? *options.metrics : own_metrics;
   auto* iteration_gauge = metrics.GetGauge(metric_names::kOrchestratorIteration, "Current iteration (0-based)");
   metrics.GetGauge(metric_names::kOrchestratorIterations, "Iterations in this run")->Set(config.run.iterations);
-  auto* prompts_done = metrics.GetCounter(metric_names::kOrchestratorPromptsTotal, "Prompts finished in this run");
-  auto* pending = metrics.GetGauge(metric_names::kOrchestratorPrompts, "Prompts by stage", {{"stage", "pending"}});
-  auto* done = metrics.GetGauge(metric_names::kOrchestratorPrompts, "Prompts by stage", {{"stage", "done"}});
   SPAR_ASSIGN_OR_RETURN(auto telemetry, ServiceTelemetry::Start({"orchestrator", "orchestrator",
-                                                                 bus->addresses().publish, "", ""},
+                                                                 bus->addresses().publish, options.metrics_listen, ""},
                                                                 &metrics));
+  // Who serves where, for monitors and tests: written once the services are up.
+  nlohmann::json services = nlohmann::json::array();
+  services.push_back({{"name", "orchestrator"}, {"service", "orchestrator"}, {"address", ""}, {"source", "orchestrator"},
+                      {"metrics", telemetry->metrics_address()}, {"pid", static_cast<int64_t>(::getpid())}});
 
   std::unique_ptr<Launcher> launcher;
   std::vector<std::string> generator_addresses = config.services.generators;
@@ -208,9 +211,11 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
     const std::string cfg = Absolute(options.config_path);
     const std::string bus_address = bus->addresses().publish;
     const std::vector<std::string> policy_args = {"--config", cfg, "--model", policy_dir, "--policy-version",
-                                                  std::to_string(first), "--bus", bus_address};
+                                                  std::to_string(first), "--bus", bus_address,
+                                                  "--metrics-listen", "127.0.0.1:0"};
     std::vector<std::pair<std::string, std::pair<std::string, std::vector<std::string>>>> plan;
-    plan.push_back({"scorer", {"scorer", {"--config", cfg, "--bus", bus_address}}});
+    plan.push_back(
+        {"scorer", {"scorer", {"--config", cfg, "--bus", bus_address, "--metrics-listen", "127.0.0.1:0"}}});
     plan.push_back({"learner", {"learner", policy_args}});
     for (size_t i = 0; i < generator_addresses.size(); ++i) {
       auto args = policy_args;
@@ -220,11 +225,33 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
     for (const auto& [name, what] : plan) {
       SPAR_ASSIGN_OR_RETURN(ChildService child, launcher->Start(name, what.first, what.second));
       log->info("{} serving on {} (log {})", name, child.address, child.log_path);
+      // Its name on the bus: a generator publishes as its --id, rank 0 of
+      // the learner as learner-0.
+      services.push_back({{"name", name}, {"service", what.first}, {"address", child.address},
+                          {"source", name == "learner" ? "learner-0" : name},
+                          {"metrics", child.metrics_address}, {"pid", static_cast<int64_t>(child.pid)},
+                          {"log", child.log_path}});
       if (name == "scorer") scorer_address = child.address;
       if (name == "learner") learner_address = child.address;
       if (name.rfind("generator-", 0) == 0) generator_addresses[std::stoul(name.substr(10))] = child.address;
     }
   }
+
+  // Services this run did not start (remote mode, or an explicit address).
+  auto listed = [&](const std::string& name) {
+    for (const auto& s : services)
+      if (s["name"] == name) return true;
+    return false;
+  };
+  if (!listed("scorer")) services.push_back({{"name", "scorer"}, {"service", "scorer"}, {"address", scorer_address}});
+  if (!listed("learner"))
+    services.push_back({{"name", "learner"}, {"service", "learner"}, {"address", learner_address}});
+  for (size_t i = 0; i < generator_addresses.size(); ++i)
+    if (!listed("generator-" + std::to_string(i)))
+      services.push_back({{"name", "generator-" + std::to_string(i)}, {"service", "generator"},
+                          {"address", generator_addresses[i]}});
+  SPAR_RETURN_IF_ERROR(WriteFileAtomic(summary.run_dir + "/services.json",
+                                       nlohmann::json{{"services", services}}.dump(2) + "\n"));
 
   std::vector<std::unique_ptr<GeneratorClient>> generator_clients;
   std::vector<GeneratorClient*> generators;
@@ -241,6 +268,7 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   pipeline_options.pipelined = config.run.pipelined;
   pipeline_options.inflight_per_generator = config.run.inflight_per_generator;
   pipeline_options.checkpoint_root = summary.run_dir + "/checkpoints";
+  pipeline_options.metrics = &metrics;
   IterationPipeline pipeline(store.get(), generators, scorer.get(), learner.get(), pipeline_options);
 
   summary.final_model = policy_dir;
@@ -248,12 +276,7 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
     auto shard = prompts.Shard(t, config.run.iterations);
     log->info("iteration {}: {} prompts", t, shard.size());
     iteration_gauge->Set(t);
-    pending->Set(static_cast<double>(shard.size()));
-    done->Set(0);
     SPAR_ASSIGN_OR_RETURN(IterationStats stats, pipeline.Run(t, shard));
-    pending->Set(0);
-    done->Set(static_cast<double>(shard.size()));
-    prompts_done->Increment(static_cast<double>(shard.size()));
     nlohmann::json state = StatsJson(stats);
     state["done"] = true;
     SPAR_RETURN_IF_ERROR(store->PutIterationState(t, state.dump()));

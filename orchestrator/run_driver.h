@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "metrics/metrics.h"
 #include "orchestrator/pipeline.h"
 #include "orchestrator/run_config.h"
 
@@ -39,11 +40,20 @@ struct RunSummary {
 struct RunDriverOptions {
   std::string config_path;   // the YAML file the children read
   std::string spar_binary;   // default: this executable
+  // host:port of the orchestrator's own /metrics (port 0 = any); "" = none.
+  std::string metrics_listen = "127.0.0.1:0";
+  // The orchestrator's metrics (iteration, prompts per stage, ...; names in
+  // metrics/telemetry.h) go here when set (not owned), so the caller can
+  // draw progress from them; otherwise into a registry of the run's own.
+  MetricsRegistry* metrics = nullptr;
   // Called after each iteration (progress output).
   std::function<void(const IterationStats&)> on_iteration;
 };
 
-// Runs (or resumes) the run. Writes RUN_DIR/summary.json at the end.
+// Runs (or resumes) the run. Writes RUN_DIR/bus.json (the bus broker) and
+// RUN_DIR/services.json (every service: name, kind, gRPC address, /metrics
+// address when known, pid of local children) when the services are up, and
+// RUN_DIR/summary.json at the end.
 // Errors name the stage and service: a child that fails to start (with the
 // tail of its log), a service that stays unreachable, a store problem.
 Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& options);

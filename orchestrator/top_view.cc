@@ -203,6 +203,27 @@ std::optional<double> HistogramQuantile(double q, const std::vector<double>& bou
   return lower + (upper - lower) * (rank - below) / in_bucket;
 }
 
+std::string FormatDuration(double seconds) { return Duration(seconds); }
+
+std::string ProgressLine(const std::string& label, double done, double total, std::optional<double> per_second,
+                         const std::string& unit, const std::string& suffix, int width) {
+  const double fraction = total > 0 ? std::clamp(done / total, 0.0, 1.0) : 0.0;
+  std::string eta = "-";
+  if (total > 0 && done >= total) {
+    eta = "0s";
+  } else if (per_second && *per_second > 0 && total > 0) {
+    eta = Duration((total - done) / *per_second);
+  }
+  const std::string right = " " + Int(done) + "/" + Int(total) + " " + unit + "  " +
+                            (per_second ? Num(per_second) : std::string("-")) + "/s  ETA " + eta + suffix;
+  const int bar = std::clamp(width - static_cast<int>(label.size() + right.size()) - 3, 10, 50);
+  const int filled = std::clamp(static_cast<int>(std::lround(fraction * bar)), 0, bar);
+  std::string line = label + " [" + std::string(static_cast<size_t>(filled), '#') +
+                     std::string(static_cast<size_t>(bar - filled), '-') + "]" + right;
+  if (width > 0 && static_cast<int>(line.size()) > width) line.resize(static_cast<size_t>(width));
+  return line;
+}
+
 TopView::TopView(TopViewOptions options) : options_(options) {
   options_.width = std::max(options_.width, 40);
 }
@@ -237,6 +258,18 @@ void TopView::Observe(const v1::BusEnvelope& envelope, int64_t now_micros) {
     const int64_t horizon = s.history.back().unix_micros - options_.rate_window.count() * 1000;
     while (s.history.size() > 2 && s.history[1].unix_micros <= horizon) s.history.pop_front();
   }
+}
+
+void TopView::Expect(const std::string& source, const std::string& service) {
+  if (source.empty()) return;
+  Source& s = sources_[source];  // last_seen_micros stays 0 (never heard) for a new one
+  if (s.service.empty()) s.service = service;
+}
+
+size_t TopView::heard_count() const {
+  size_t n = 0;
+  for (const auto& [name, s] : sources_) n += s.last_seen_micros > 0;
+  return n;
 }
 
 std::vector<std::string> TopView::Sources() const {
@@ -483,6 +516,21 @@ std::string TopView::Render(int64_t now_micros) const {
     stages.Add("prompts  ");
     for (const char* st : mn::kOrchestratorStages) stages.Add(std::string(st) + " " + Int(stage[st]) + "  ");
     frame += stages.Finish();
+    // How long prompts wait in front of each stage, and how much of the
+    // time scoring and training starve (waiting on the stage before).
+    Line waits = line();
+    waits.Add("waits    ");
+    bool any_wait = false;
+    for (const char* st : {"generation", "scoring", "training"}) {
+      const auto p50 = WindowQuantile(orch_name, mn::kOrchestratorStageWaitSeconds, 0.5, {{"stage", st}});
+      auto idle = Rate(orch_name, mn::kOrchestratorStageIdleSecondsTotal, {{"stage", st}});
+      if (!p50 && !idle) continue;
+      any_wait = true;
+      waits.Add(std::string(st) + " p50 " + Num(p50) + " s");
+      if (idle) waits.Add(" idle " + Percent(std::min(*idle, 1.0)));
+      waits.Add("  ");
+    }
+    if (any_wait) frame += waits.Finish();
   } else {
     frame += line().Add("iteration -  (no orchestrator metrics seen)").Finish();
   }

@@ -72,6 +72,16 @@ struct GeneratorRow {
 std::optional<double> HistogramQuantile(double q, const std::vector<double>& bounds,
                                         const std::vector<uint64_t>& cumulative_counts);
 
+// One progress line as `spar run` draws it: "<label> [####------]
+// <done>/<total> <unit>  <rate>/s  ETA <eta><suffix>", cut to `width`
+// columns (no newline). The ETA is "-" without a positive rate; the bar is
+// full when done >= total.
+std::string ProgressLine(const std::string& label, double done, double total, std::optional<double> per_second,
+                         const std::string& unit, const std::string& suffix, int width);
+
+// Seconds as "42s", "3m07s", "2h05m" ("-" for negative or not finite).
+std::string FormatDuration(double seconds);
+
 class TopView {
  public:
   explicit TopView(TopViewOptions options = {});
@@ -83,8 +93,15 @@ class TopView {
   void Observe(const BusMessage& message, int64_t now_micros);
   void Observe(const v1::BusEnvelope& envelope, int64_t now_micros);
 
-  // Sources heard from so far (down ones included).
+  // Declares a source that should be there (e.g. from RUN_DIR/services.json)
+  // before anything is heard from it: it shows as down until it speaks, so
+  // a service that died before the monitor started is not simply missing.
+  void Expect(const std::string& source, const std::string& service);
+
+  // Sources heard from or expected so far (down ones included).
   size_t source_count() const { return sources_.size(); }
+  // Sources heard from at least once (expected ones that never spoke are not).
+  size_t heard_count() const;
   std::vector<std::string> Sources() const;
   // kDown for a source never seen.
   SourceState StateOf(const std::string& source, int64_t now_micros) const;

@@ -83,6 +83,7 @@ Status ScorerCore::Validate(const std::vector<ScoreGroupInput>& groups) const {
 
 Result<std::vector<GroupPreferences>> ScorerCore::Score(
     std::vector<ScoreGroupInput> groups, std::chrono::steady_clock::time_point deadline) {
+  const auto start = std::chrono::steady_clock::now();
   SPAR_RETURN_IF_ERROR(Validate(groups));
   auto request = std::make_unique<Request>();
   const size_t n = groups.size();
@@ -104,7 +105,10 @@ Result<std::vector<GroupPreferences>> ScorerCore::Score(
     abandoned->store(true);
     return DeadlineExceeded("scoring did not finish before the deadline");
   }
-  return future.get();
+  auto result = future.get();
+  if (result.ok() && latency_observer_)
+    latency_observer_(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), n);
+  return result;
 }
 
 ScorerStats ScorerCore::Stats() const {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,14 @@ class ScorerCore {
   Result<std::vector<GroupPreferences>> Score(std::vector<ScoreGroupInput> groups,
                                               std::chrono::steady_clock::time_point deadline);
 
+  // Called at the end of every Score() that got an answer, with the seconds
+  // since it was called (queue + model) and its group count; for latency
+  // metrics. Set it before the core serves requests; it runs on the
+  // caller's thread and must be thread safe.
+  void SetLatencyObserver(std::function<void(double seconds, size_t groups)> observer) {
+    latency_observer_ = std::move(observer);
+  }
+
   Status Validate(const std::vector<ScoreGroupInput>& groups) const;
   const ScorerDescription& description() const { return description_; }
   ScorerStats Stats() const;
@@ -77,6 +86,7 @@ class ScorerCore {
   size_t queued_groups_ = 0;
   bool stopping_ = false;
   ScorerStats stats_;
+  std::function<void(double, size_t)> latency_observer_;
   std::thread worker_;
 };
 

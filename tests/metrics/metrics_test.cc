@@ -68,3 +68,30 @@ TEST(MetricsTest, HttpEndpointServesMetrics) {
 
 }  // namespace
 }  // namespace spar
+
+namespace spar {
+namespace {
+
+TEST(MetricsTest, RateGaugeFollowsTheCounterOverItsWindow) {
+  MetricsRegistry r;
+  Counter* c = r.GetCounter("spar_test_things_total", "things");
+  Gauge* g = r.GetGauge("spar_test_things_per_second", "things/s");
+  RateGauge rate(c, g, std::chrono::seconds(4));
+  const auto t0 = std::chrono::steady_clock::now();
+  rate.Update(t0);
+  EXPECT_EQ(g->value(), 0);  // one sample: no rate yet
+  c->Increment(10);
+  rate.Update(t0 + std::chrono::seconds(2));
+  EXPECT_DOUBLE_EQ(g->value(), 5);
+  c->Increment(30);
+  rate.Update(t0 + std::chrono::seconds(4));
+  EXPECT_DOUBLE_EQ(g->value(), 10);  // 40 over 4 s
+  // The window slides: what happened before t0+2 s drops out.
+  rate.Update(t0 + std::chrono::seconds(6));
+  EXPECT_DOUBLE_EQ(g->value(), 30.0 / 4);  // 30 between t0+2 s and t0+6 s
+  rate.Update(t0 + std::chrono::seconds(12));
+  EXPECT_DOUBLE_EQ(g->value(), 0);  // idle for a whole window
+}
+
+}  // namespace
+}  // namespace spar

@@ -5,11 +5,13 @@
 #include "orchestrator/pipeline.h"
 
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <set>
 
 #include <gtest/gtest.h>
 
+#include "metrics/telemetry.h"
 #include "services/common/server.h"
 #include "services/scorer/scorer_config.h"
 #include "services/scorer/scorer_service.h"
@@ -66,6 +68,7 @@ class StandInLearner : public LearnerClient {
   std::multiset<std::string> submitted;
   int starts = 0;
   int transient_failures = 0;  // Submit fails this many times first
+  std::function<void()> on_submit;  // called inside every Submit
   Result<LearnerProgressInfo> StartIteration(uint32_t, uint64_t, std::chrono::milliseconds) override {
     std::lock_guard<std::mutex> lock(mutex);
     ++starts;
@@ -75,6 +78,7 @@ class StandInLearner : public LearnerClient {
   Result<uint64_t> Submit(const std::vector<const RolloutGroup*>& groups,
                           const std::vector<const ScoreRecord*>& scores, std::chrono::milliseconds) override {
     std::lock_guard<std::mutex> lock(mutex);
+    if (on_submit) on_submit();
     if (transient_failures > 0) {
       --transient_failures;
       return Unavailable("learner restarting");
@@ -233,6 +237,82 @@ TEST_F(PipelineTest, LearnerOutagesAreRetriedAndStagedModeGivesTheSameStore) {
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_EQ(learner.submitted.size(), 12u);
   EXPECT_EQ(Count(true), 12u);
+}
+
+}  // namespace
+}  // namespace spar
+
+namespace spar {
+namespace {
+
+TEST_F(PipelineTest, StageCountsWaitsAndIdleTimeGoToTheRegistry) {
+  namespace mn = metric_names;
+  MetricsRegistry registry;
+  options_.metrics = &registry;
+  auto stage = [&](const char* name) {
+    return registry.GetGauge(mn::kOrchestratorPrompts, "", {{"stage", name}})->value();
+  };
+  StandInGenerator a("gen-a"), b("gen-b");
+  StandInLearner learner({&a, &b});
+  // Seen from inside the learner: the batch being submitted counts as
+  // "training" already.
+  std::vector<double> seen;
+  learner.on_submit = [&] { seen.push_back(stage("training")); };
+  IterationPipeline p(store_.get(), {&a, &b}, scorer_.get(), &learner, options_);
+  auto stats = p.Run(0, shard_);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  ASSERT_FALSE(seen.empty());
+  for (double training : seen) EXPECT_GE(training, 1);
+  EXPECT_EQ(stage("done"), 12);
+  for (const char* st : {"pending", "generating", "scoring", "training"}) EXPECT_EQ(stage(st), 0) << st;
+  EXPECT_EQ(registry.GetCounter(mn::kOrchestratorPromptsTotal, "")->value(), 12);
+  EXPECT_EQ(registry.GetCounter(mn::kOrchestratorRolloutsTotal, "")->value(), 48);
+  EXPECT_EQ(registry.GetCounter(mn::kOrchestratorRolloutTokensTotal, "")->value(), 48);  // one token each
+  // Every prompt waited once in front of each stage.
+  for (const char* st : {"generation", "scoring", "training"}) {
+    Histogram* wait = registry.GetHistogram(mn::kOrchestratorStageWaitSeconds, "", LatencyBuckets(), {{"stage", st}});
+    EXPECT_EQ(wait->count(), 12u) << st;
+    EXPECT_GE(wait->sum(), 0) << st;
+  }
+  // Scoring waited on generation at least until the first group arrived.
+  EXPECT_GT(registry.GetCounter(mn::kOrchestratorStageIdleSecondsTotal, "", {{"stage", "scoring"}})->value(), 0);
+  EXPECT_GT(registry.GetCounter(mn::kOrchestratorStageIdleSecondsTotal, "", {{"stage", "training"}})->value(), 0);
+  EXPECT_TRUE(ValidatePrometheusText(registry.PrometheusText()).ok());
+}
+
+TEST_F(PipelineTest, ResumedGroupsStartInTheirStage) {
+  namespace mn = metric_names;
+  // Stored: groups for prompts 0-3, scores for 0-1; only the rest waits in
+  // front of generation and scoring.
+  StandInGenerator first("gen-a");
+  for (int i = 0; i < 4; ++i) {
+    auto g = first.Generate(shard_[static_cast<size_t>(i)], options_.generation, 1, std::chrono::seconds(1));
+    ASSERT_TRUE(store_->PutGroup(*g).ok());
+  }
+  for (int i = 0; i < 2; ++i) {
+    RolloutGroup g = **store_->GetGroup(0, static_cast<uint64_t>(i));
+    auto s = scorer_->Score({&shard_[static_cast<size_t>(i)]}, {&g}, std::chrono::seconds(10));
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(store_->PutScore((*s)[0]).ok());
+  }
+  MetricsRegistry registry;
+  options_.metrics = &registry;
+  options_.pipelined = false;  // staged: nothing moves before generation ends
+  StandInGenerator gen("gen-b");
+  StandInLearner learner({&gen});
+  IterationPipeline p(store_.get(), {&gen}, scorer_.get(), &learner, options_);
+  auto stats = p.Run(0, shard_);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->reused_groups, 4u);
+  EXPECT_EQ(registry.GetGauge(mn::kOrchestratorPrompts, "", {{"stage", "done"}})->value(), 12);
+  Histogram* gen_wait = registry.GetHistogram(mn::kOrchestratorStageWaitSeconds, "", LatencyBuckets(),
+                                              {{"stage", "generation"}});
+  EXPECT_EQ(gen_wait->count(), 8u);  // only the prompts generated now
+  auto wait_count = [&](const char* st) {
+    return registry.GetHistogram(mn::kOrchestratorStageWaitSeconds, "", LatencyBuckets(), {{"stage", st}})->count();
+  };
+  EXPECT_EQ(wait_count("scoring"), 10u);   // 2 stored unscored + 8 new
+  EXPECT_EQ(wait_count("training"), 12u);  // every group is resubmitted
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // TopView on synthetic snapshots (no network), and once over a real broker.
 #include "orchestrator/top_view.h"
 
+#include <algorithm>
 #include <chrono>
 #include <sstream>
 
@@ -138,6 +139,65 @@ TEST(TopViewTest, SilentOrStoppedSourcesAreDown) {
   EXPECT_NE(frame.find("down"), std::string::npos) << frame;
   // The only scorer is down: that is what holds the run back.
   EXPECT_EQ(view.Bottleneck(kT0 + 4 * kSecond).stage, "scoring");
+}
+
+TEST(TopViewTest, ExpectedSourcesShowDownUntilTheySpeak) {
+  TopView view;
+  view.Expect("generator-1", "generator");
+  view.Expect("generator-0", "generator");
+  EXPECT_EQ(view.source_count(), 2u);
+  EXPECT_EQ(view.heard_count(), 0u);
+  view.Observe(Metrics("generator-0", "generator", kT0, Generator(0, 0, 1, 0, 0)), kT0);
+  EXPECT_EQ(view.heard_count(), 1u);
+  EXPECT_EQ(view.StateOf("generator-0", kT0 + kSecond), SourceState::kUp);
+  EXPECT_EQ(view.StateOf("generator-1", kT0 + kSecond), SourceState::kDown);
+  const std::string frame = view.Render(kT0 + kSecond);
+  EXPECT_NE(frame.find("generator-1"), std::string::npos) << frame;
+  // Expect() on a source already heard changes nothing.
+  view.Expect("generator-0", "scorer");
+  EXPECT_EQ(view.StateOf("generator-0", kT0 + kSecond), SourceState::kUp);
+  EXPECT_EQ(view.Generators(kT0 + kSecond).size(), 2u);
+}
+
+TEST(TopViewTest, StageWaitsAndIdleShareInTheFrame) {
+  auto orch = [](double idle_scoring, std::vector<uint64_t> wait_buckets) {
+    auto ms = Orchestrator(10, 4, 2, 1, 3);
+    ms.push_back({mn::kOrchestratorStageIdleSecondsTotal, idle_scoring, {{"stage", "scoring"}}, v1::Metric::COUNTER});
+    auto e = Metrics("orchestrator", "orchestrator", 0, ms);
+    auto* h = e.mutable_metrics()->add_metrics();
+    h->set_name(mn::kOrchestratorStageWaitSeconds);
+    h->set_type(v1::Metric::HISTOGRAM);
+    (*h->mutable_labels())["stage"] = "scoring";
+    for (double b : {0.5, 1.0, 2.0}) h->add_bucket_bounds(b);
+    uint64_t total = 0;
+    for (uint64_t c : wait_buckets) h->add_bucket_counts(total += c);
+    h->set_count(total);
+    return e;
+  };
+  TopView view;
+  auto a = orch(0, {0, 0, 0, 0});
+  a.set_unix_micros(kT0);
+  view.Observe(a, kT0);
+  auto b = orch(1.0, {0, 4, 0, 0});  // 4 waits in (0.5, 1], scoring idle half of 2 s
+  b.set_unix_micros(kT0 + 2 * kSecond);
+  view.Observe(b, kT0 + 2 * kSecond);
+  const std::string frame = view.Render(kT0 + 2 * kSecond);
+  EXPECT_NE(frame.find("waits    scoring p50 0.75 s idle 50%"), std::string::npos) << frame;
+}
+
+TEST(TopViewTest, ProgressLineHasBarRateAndEta) {
+  const std::string line = ProgressLine("iteration 1/3", 10, 40, 2.0, "prompts", "  extra", 100);
+  EXPECT_EQ(line.rfind("iteration 1/3 [", 0), 0u) << line;
+  EXPECT_NE(line.find(" 10/40 prompts  2.00/s  ETA 15s  extra"), std::string::npos) << line;
+  const auto hashes = std::count(line.begin(), line.end(), '#');
+  const auto dashes = std::count(line.begin(), line.end(), '-');
+  EXPECT_NEAR(static_cast<double>(hashes) / static_cast<double>(hashes + dashes), 0.25, 0.05) << line;
+  EXPECT_LE(line.size(), 100u);
+  EXPECT_NE(ProgressLine("x", 5, 10, std::nullopt, "prompts", "", 80).find("ETA -"), std::string::npos);
+  EXPECT_NE(ProgressLine("x", 10, 10, std::nullopt, "prompts", "", 80).find("ETA 0s"), std::string::npos);
+  EXPECT_EQ(ProgressLine("a long label", 1, 2, 1.0, "prompts", " and a long suffix", 30).size(), 30u);
+  EXPECT_EQ(FormatDuration(187), "3m07s");
+  EXPECT_EQ(FormatDuration(-1), "-");
 }
 
 TEST(TopViewTest, ProgressBarEtaAndBottleneckFromStageCounts) {
