@@ -50,7 +50,9 @@ int RunLearner(const LearnerArgs& args) {
   SetLogProcessTag("learner" + std::to_string(config->rank));
   auto log = Logger("learner");
   if (config->model.empty()) return Fail("learner", InvalidArgument(args.config + ": learner.model: missing"));
-  auto policy = CausalLMPolicy::Load(config->model, config->device, config->dtype);
+  // Parameters (and optimiser state) stay float32 on every device: with
+  // learner.dtype bfloat16 the forward is autocast, the master weights not.
+  auto policy = CausalLMPolicy::Load(config->model, config->device, "float32");
   if (!policy.ok()) return Fail("learner", policy.status());
   log->info("policy {} loaded: {} parameters on {}", config->model,
             (*policy)->model()->config().NumParameters(), config->device);

@@ -24,19 +24,36 @@ elseif(SPAR_WITH_CUDA)
 else()
   set(SPAR_CUDA_ENABLED OFF)
 endif()
+# NCCL + the CUDA runtime, for the weight-broadcast group between the
+# learner and the generators (services/weights/nccl_broadcast). It talks to
+# NCCL and the CUDA runtime directly (raw device pointers), so it does not
+# need a CUDA LibTorch: the CPU machines carry CUDA 13 + NCCL and compile and
+# link it too. SPAR_WITH_NCCL: AUTO (on when nccl.h, libnccl, cuda_runtime.h
+# and libcudart are found), ON (required), OFF.
+set(SPAR_WITH_NCCL "AUTO" CACHE STRING "Build the NCCL weight broadcast: AUTO, ON, OFF")
+set_property(CACHE SPAR_WITH_NCCL PROPERTY STRINGS AUTO ON OFF)
 if(SPAR_CUDA_ENABLED)
   find_package(CUDAToolkit REQUIRED)
-  find_path(NCCL_INCLUDE_DIR nccl.h
-    HINTS ENV NCCL_HOME ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include)
-  find_library(NCCL_LIBRARY NAMES nccl
-    HINTS ENV NCCL_HOME ${CUDAToolkit_LIBRARY_DIR} PATH_SUFFIXES lib lib64)
-  if(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
-    message(FATAL_ERROR "SPAR_WITH_CUDA is on: NCCL (nccl.h, libnccl) is required; set NCCL_HOME")
-  endif()
-  add_library(spar_nccl INTERFACE)
-  target_include_directories(spar_nccl INTERFACE ${NCCL_INCLUDE_DIR})
-  target_link_libraries(spar_nccl INTERFACE ${NCCL_LIBRARY} CUDA::cudart)
 endif()
+set(SPAR_NCCL_ENABLED OFF)
+if(NOT SPAR_WITH_NCCL STREQUAL "OFF" OR SPAR_CUDA_ENABLED)
+  file(GLOB _spar_cuda_roots /usr/local/cuda /usr/local/cuda-*)
+  set(_spar_cuda_hints $ENV{NCCL_HOME} $ENV{CUDA_HOME} $ENV{CUDA_PATH} ${CUDAToolkit_INCLUDE_DIRS}/.. ${_spar_cuda_roots})
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_spar_cuda_hints} PATH_SUFFIXES include)
+  find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${_spar_cuda_hints} PATH_SUFFIXES lib lib64)
+  find_path(SPAR_CUDART_INCLUDE_DIR cuda_runtime.h HINTS ${_spar_cuda_hints} PATH_SUFFIXES include)
+  find_library(SPAR_CUDART_LIBRARY NAMES cudart HINTS ${_spar_cuda_hints} PATH_SUFFIXES lib64 lib)
+  if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND SPAR_CUDART_INCLUDE_DIR AND SPAR_CUDART_LIBRARY)
+    set(SPAR_NCCL_ENABLED ON)
+    add_library(spar_nccl INTERFACE)
+    target_include_directories(spar_nccl INTERFACE ${NCCL_INCLUDE_DIR} ${SPAR_CUDART_INCLUDE_DIR})
+    target_link_libraries(spar_nccl INTERFACE ${NCCL_LIBRARY} ${SPAR_CUDART_LIBRARY})
+  elseif(SPAR_WITH_NCCL STREQUAL "ON" OR SPAR_CUDA_ENABLED)
+    message(FATAL_ERROR "NCCL is required (SPAR_WITH_NCCL=ON or a CUDA build) but nccl.h / libnccl / "
+                        "cuda_runtime.h / libcudart were not all found; set NCCL_HOME and CUDA_HOME")
+  endif()
+endif()
+message(STATUS "spar: NCCL weight broadcast ${SPAR_NCCL_ENABLED} (${NCCL_LIBRARY})")
 
 # gRPC + Protobuf.
 find_package(Protobuf REQUIRED)

@@ -1,6 +1,8 @@
 #include "model/causal_lm.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include <limits>
 #include <map>
@@ -28,7 +30,124 @@ torch::Tensor CausalPaddingBias(const torch::Tensor& attention_mask) {
   return torch::where(allowed, zeros, torch::full({}, kMaskedOut, zeros.options()));
 }
 
+// Gradient checkpointing of one decoder layer: forward runs the layer
+// without recording a graph and keeps only its inputs; backward re-runs it
+// with grad enabled (under the autocast settings of the forward) and
+// differentiates that. The layer's trainable parameters are inputs of the
+// function so their gradients flow through it.
+struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& h,
+                               const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& bias,
+                               torch::TensorList params, DecoderLayerImpl* layer) {
+    ctx->save_for_backward({h, cos, sin, bias});
+    // The layer module outlives the graph: the model owns it and the
+    // caller keeps the model while it runs backward.
+    ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+    ctx->saved_data["params"] = static_cast<int64_t>(params.size());
+    const AutocastState autocast = AutocastState::Current();
+    ctx->saved_data["autocast_cpu"] = autocast.cpu_enabled;
+    ctx->saved_data["autocast_cuda"] = autocast.cuda_enabled;
+    ctx->saved_data["autocast_cpu_dtype"] = static_cast<int64_t>(autocast.cpu_dtype);
+    ctx->saved_data["autocast_cuda_dtype"] = static_cast<int64_t>(autocast.cuda_dtype);
+    torch::NoGradGuard no_grad;
+    return layer->forward(h, cos, sin, bias);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
+    const auto num_params = static_cast<size_t>(ctx->saved_data["params"].toInt());
+    AutocastState forward_state;
+    forward_state.cpu_enabled = ctx->saved_data["autocast_cpu"].toBool();
+    forward_state.cuda_enabled = ctx->saved_data["autocast_cuda"].toBool();
+    forward_state.cpu_dtype = static_cast<torch::ScalarType>(ctx->saved_data["autocast_cpu_dtype"].toInt());
+    forward_state.cuda_dtype = static_cast<torch::ScalarType>(ctx->saved_data["autocast_cuda_dtype"].toInt());
+    const AutocastState backward_state = AutocastState::Current();
+    forward_state.Apply();
+
+    std::vector<torch::Tensor> inputs{saved[0].detach().requires_grad_(true)};
+    for (auto& p : layer->parameters())
+      if (p.requires_grad()) inputs.push_back(p);
+    TORCH_CHECK(inputs.size() == num_params + 1, "checkpointed layer: parameters changed between forward and backward");
+    torch::Tensor out;
+    {
+      torch::AutoGradMode enable_grad(true);
+      out = layer->forward(inputs[0], saved[1], saved[2], saved[3]);
+    }
+    auto grads = torch::autograd::grad({out}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
+                                       /*create_graph=*/false, /*allow_unused=*/true);
+    backward_state.Apply();
+    // One entry per forward argument: h, cos, sin, bias, each parameter, layer.
+    torch::autograd::variable_list result{grads[0], torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    for (size_t i = 1; i < grads.size(); ++i) result.push_back(grads[i]);
+    result.emplace_back();
+    return result;
+  }
+};
+
 }  // namespace
+
+// torch 2.4 replaced the per-device autocast functions with ones taking the
+// device type (the old ones were deprecated, then removed).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+AutocastState AutocastState::Current() {
+  AutocastState s;
+  s.cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
+  s.cuda_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
+  s.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  s.cuda_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  return s;
+}
+
+void AutocastState::Apply() const {
+  at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+  at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
+  at::autocast::set_autocast_enabled(at::kCPU, cpu_enabled);
+  at::autocast::set_autocast_enabled(at::kCUDA, cuda_enabled);
+}
+#else
+AutocastState AutocastState::Current() {
+  AutocastState s;
+  s.cpu_enabled = at::autocast::is_cpu_enabled();
+  s.cuda_enabled = at::autocast::is_enabled();
+  s.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+  s.cuda_dtype = at::autocast::get_autocast_gpu_dtype();
+  return s;
+}
+
+void AutocastState::Apply() const {
+  at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+  at::autocast::set_autocast_gpu_dtype(cuda_dtype);
+  at::autocast::set_cpu_enabled(cpu_enabled);
+  at::autocast::set_enabled(cuda_enabled);
+}
+#endif
+
+ScopedAutocast::ScopedAutocast(torch::DeviceType device_type, std::optional<torch::ScalarType> dtype) {
+  if (!dtype) return;
+  TORCH_CHECK(device_type == torch::kCPU || device_type == torch::kCUDA,
+              "autocast is supported on cpu and cuda only");
+  previous_ = AutocastState::Current();
+  AutocastState next = previous_;
+  if (device_type == torch::kCPU) {
+    next.cpu_enabled = true;
+    next.cpu_dtype = *dtype;
+  } else {
+    next.cuda_enabled = true;
+    next.cuda_dtype = *dtype;
+  }
+  next.Apply();
+  at::autocast::increment_nesting();
+  active_ = true;
+}
+
+ScopedAutocast::~ScopedAutocast() {
+  if (!active_) return;
+  // Cast copies of the weights are cached within the outermost scope only.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  previous_.Apply();
+}
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& config, const CausalLMOptions& options)
     : config_(config), traits_(TraitsOf(config)) {
@@ -48,9 +167,20 @@ torch::Tensor CausalLMImpl::Hidden(const torch::Tensor& input_ids, const torch::
   auto positions = (attention_mask.to(torch::kLong).cumsum(1) - 1).clamp_min(0);
   auto [cos, sin] = RopeCosSin(inv_freq_, positions, h.scalar_type());
   auto bias = CausalPaddingBias(attention_mask);
+  const bool checkpoint = gradient_checkpointing_ && is_training() && torch::GradMode::is_enabled();
   for (auto& layer : model_->layer_list) {
-    h = h + layer->self_attn(layer->input_layernorm(h), cos, sin, bias);
-    h = h + layer->mlp(layer->post_attention_layernorm(h));
+    if (!checkpoint) {
+      h = layer->forward(h, cos, sin, bias);
+      continue;
+    }
+    std::vector<torch::Tensor> trainable;
+    for (auto& p : layer->parameters())
+      if (p.requires_grad()) trainable.push_back(p);
+    if (trainable.empty() && !h.requires_grad()) {
+      h = layer->forward(h, cos, sin, bias);  // nothing to differentiate
+      continue;
+    }
+    h = CheckpointedLayer::apply(h, cos, sin, bias, torch::TensorList(trainable), layer.get());
   }
   return model_->norm(h);
 }

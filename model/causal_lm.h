@@ -76,6 +76,14 @@ class CausalLMImpl : public torch::nn::Module {
   torch::Tensor Decode(const torch::Tensor& tokens, const torch::Tensor& positions,
                        const torch::Tensor& slots, KvCache& cache);
 
+  // Gradient checkpointing: when on, and the module is training with grad
+  // mode enabled, each decoder layer runs without keeping its activations
+  // (only its input is saved) and is run again during backward to compute
+  // its gradients. Same loss and gradients, less memory, about one more
+  // forward pass of compute. Off by default; CPU and GPU alike.
+  void SetGradientCheckpointing(bool on) { gradient_checkpointing_ = on; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   // Output head weight (lm_head, or the embedding when tied).
   torch::Tensor OutputWeight();
 
@@ -95,8 +103,41 @@ class CausalLMImpl : public torch::nn::Module {
   Projection lm_head_{nullptr};
   // float32 [head_dim / 2]; not a buffer, so module.to(bf16) leaves it be.
   torch::Tensor inv_freq_;
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE(CausalLM);
+
+// The thread's autocast (mixed precision) settings for the CPU and CUDA,
+// read and written through the API of the LibTorch it is built against
+// (1.13 and 2.x differ).
+struct AutocastState {
+  bool cpu_enabled = false;
+  bool cuda_enabled = false;
+  torch::ScalarType cpu_dtype = torch::kBFloat16;
+  torch::ScalarType cuda_dtype = torch::kHalf;
+
+  static AutocastState Current();
+  void Apply() const;
+};
+
+// Mixed-precision scope for training: while alive, autocast-eligible ops
+// (linear, matmul) on `device_type` run in `dtype` while the parameters
+// stay as they are (float32 master weights, float32 gradients). nullopt
+// leaves autocast as it is. The previous state comes back on destruction
+// (and the autocast weight cache is cleared when the outermost scope ends).
+// Thread-local, like torch's autocast: construct it on the thread that runs
+// the forward.
+class ScopedAutocast {
+ public:
+  ScopedAutocast(torch::DeviceType device_type, std::optional<torch::ScalarType> dtype);
+  ~ScopedAutocast();
+  ScopedAutocast(const ScopedAutocast&) = delete;
+  ScopedAutocast& operator=(const ScopedAutocast&) = delete;
+
+ private:
+  bool active_ = false;
+  AutocastState previous_;
+};
 
 // A model with HF-style random initialisation (normal(0, 0.02) for linear
 // and embedding weights, norms at identity), seeded, in float32 on the CPU.

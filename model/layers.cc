@@ -6,6 +6,16 @@ namespace spar {
 
 using torch::indexing::Slice;
 
+namespace {
+
+// Norms and attention softmax run in float32 for half types, as HF does;
+// float64 models (gradient checks in tests) stay in float64.
+torch::ScalarType AccumulationType(torch::ScalarType t) {
+  return t == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+}  // namespace
+
 torch::Tensor RopeInverseFrequencies(const ModelConfig& config) {
   const int64_t dim = config.head_dim;
   auto exponents = torch::arange(0, dim, 2, torch::kFloat64) / static_cast<double>(dim);
@@ -59,9 +69,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps, bool adds_one, float init,
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  auto h = x.to(torch::kFloat32);
+  const auto acc = AccumulationType(x.scalar_type());
+  auto h = x.to(acc);
   h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  if (adds_one_) return (h * (1.0 + weight.to(torch::kFloat32))).to(x.scalar_type());
+  if (adds_one_) return (h * (1.0 + weight.to(acc))).to(x.scalar_type());
   return weight * h.to(x.scalar_type());
 }
 
@@ -94,7 +105,7 @@ torch::Tensor AttentionImpl::Attend(const torch::Tensor& q, const torch::Tensor&
   const int64_t n = q.size(0), t = q.size(2), rep = heads_ / kv_heads_;
   const int64_t s = k.size(2);
   auto qg = q.reshape({n, kv_heads_, rep * t, head_dim_});
-  auto scores = torch::matmul(qg, k.transpose(-1, -2)).to(torch::kFloat32) * scale_;
+  auto scores = torch::matmul(qg, k.transpose(-1, -2)).to(AccumulationType(q.scalar_type())) * scale_;
   scores = scores.view({n, kv_heads_, rep, t, s}) + bias.unsqueeze(2);  // softmax in float32
   auto probs = torch::softmax(scores, -1).to(q.scalar_type());
   auto out = torch::matmul(probs.view({n, kv_heads_, rep * t, s}), v);  // [N, KV, rep*T, D]
@@ -162,6 +173,12 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const Architecture
   post_attention_layernorm = register_module(
       "post_attention_layernorm",
       RMSNorm(config.hidden_size, config.rms_norm_eps, traits.norm_adds_one, traits.norm_init, options));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& h, const torch::Tensor& cos,
+                                       const torch::Tensor& sin, const torch::Tensor& bias) {
+  auto x = h + self_attn(input_layernorm(h), cos, sin, bias);
+  return x + mlp(post_attention_layernorm(x));
 }
 
 DecoderModelImpl::DecoderModelImpl(const ModelConfig& config, const ArchitectureTraits& traits,

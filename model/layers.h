@@ -124,6 +124,11 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, const ArchitectureTraits& traits,
                    const torch::TensorOptions& options);
+  // One pre-norm block over the full sequence (training / scoring path):
+  // h + attn(norm(h)), then + mlp(norm(.)). Same arguments as
+  // AttentionImpl::forward.
+  torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& bias);
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

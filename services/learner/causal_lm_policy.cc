@@ -23,17 +23,39 @@ CausalLMPolicy::CausalLMPolicy(CausalLM model, std::string tokenizer_dir, std::s
     : model_(std::move(model)), tokenizer_dir_(std::move(tokenizer_dir)), name_(std::move(name)) {}
 
 torch::Tensor CausalLMPolicy::Forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
+  ScopedAutocast autocast(device().type(), autocast_);
   return model_->Forward(input_ids, attention_mask);
+}
+
+Status CausalLMPolicy::ConfigureTraining(bool gradient_checkpointing, const std::string& compute_dtype) {
+  if (compute_dtype == "float32") {
+    autocast_.reset();
+  } else if (compute_dtype == "bfloat16") {
+    if (model_->OutputWeight().scalar_type() != torch::kFloat32)
+      return InvalidArgument("learner.dtype bfloat16 autocasts over float32 master weights, but the policy's "
+                             "parameters are " + std::string(c10::toString(model_->OutputWeight().scalar_type())));
+    const auto type = device().type();
+    if (type != torch::kCPU && type != torch::kCUDA)
+      return InvalidArgument("learner.dtype bfloat16: autocast needs a cpu or cuda device");
+    autocast_ = torch::kBFloat16;
+  } else {
+    return InvalidArgument("learner.dtype: '" + compute_dtype + "' is not one of: float32, bfloat16");
+  }
+  model_->SetGradientCheckpointing(gradient_checkpointing);
+  return Status::Ok();
 }
 
 torch::Tensor CausalLMPolicy::MaskedSequenceLogProbs(const torch::Tensor& input_ids,
                                                      const torch::Tensor& attention_mask, const torch::Tensor& labels,
                                                      const torch::Tensor& loss_mask) {
+  ScopedAutocast autocast(device().type(), autocast_);
   auto hidden = model_->Hidden(input_ids, attention_mask);  // [N, T, H]
   auto where = loss_mask.nonzero();                         // [M, 2]: (row, position)
   auto rows = where.select(1, 0), positions = where.select(1, 1);
   auto selected = hidden.index({rows, positions});          // [M, H]
-  auto logp = torch::log_softmax(torch::linear(selected, model_->OutputWeight()).to(torch::kFloat32), -1);
+  auto logits = torch::linear(selected, model_->OutputWeight());
+  // log_softmax in float32 at least (float64 models stay float64).
+  auto logp = torch::log_softmax(logits.to(logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32), -1);
   auto token = logp.gather(1, labels.index({rows, positions}).unsqueeze(1)).squeeze(1);  // [M]
   return torch::zeros({input_ids.size(0)}, token.options()).index_add(0, rows, token);
 }
@@ -54,7 +76,9 @@ std::unique_ptr<TrainablePolicy> CausalLMPolicy::FrozenCopy() {
   TORCH_CHECK(s.ok(), "frozen copy: ", s.ToString());  // same architecture: cannot fail
   for (auto& p : copy->parameters()) p.set_requires_grad(false);
   copy->eval();
-  return std::make_unique<CausalLMPolicy>(std::move(copy), tokenizer_dir_, name_ + " (frozen)");
+  auto frozen = std::make_unique<CausalLMPolicy>(std::move(copy), tokenizer_dir_, name_ + " (frozen)");
+  frozen->autocast_ = autocast_;  // the reference scores in the policy's precision
+  return frozen;
 }
 
 void CausalLMPolicy::SetTraining(bool training) { model_->train(training); }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "model/causal_lm.h"
@@ -33,6 +34,11 @@ class CausalLMPolicy final : public TrainablePolicy {
   std::vector<std::pair<std::string, torch::Tensor>> NamedWeights() override;
   std::unique_ptr<TrainablePolicy> FrozenCopy() override;
   void SetTraining(bool training) override;
+  // Gradient checkpointing of every decoder layer, and "bfloat16" autocast
+  // of the forward on the policy's device (CUDA, or the CPU's bf16 kernels)
+  // over float32 parameters. InvalidArgument when the parameters are not
+  // float32 (autocast needs master weights) or for another dtype name.
+  Status ConfigureTraining(bool gradient_checkpointing, const std::string& compute_dtype) override;
   Status Save(const std::string& dir) override;
   Status Load(const std::string& dir) override;
   int64_t vocab_size() const override { return model_->config().vocab_size; }
@@ -44,6 +50,7 @@ class CausalLMPolicy final : public TrainablePolicy {
 
  private:
   CausalLM model_;
+  std::optional<torch::ScalarType> autocast_;
   std::string tokenizer_dir_;
   std::string name_;
 };

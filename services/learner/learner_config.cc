@@ -1,5 +1,7 @@
 #include "services/learner/learner_config.h"
 
+#include "services/weights/nccl_broadcast.h"
+
 namespace spar {
 
 Status ReadLearnerConfig(ConfigNode node, LearnerConfig* out) {
@@ -34,6 +36,15 @@ Status ReadLearnerConfig(ConfigNode node, LearnerConfig* out) {
   node.Get("gradient_checkpointing", &out->gradient_checkpointing);
   node.Get("publish_every_steps", &out->publish_every_steps, 0, 1 << 30);
   node.Get("bucket_mb", &out->bucket_mb, 1, 1 << 16);
+  node.GetEnum("weight_sync", &out->weight_sync, {"grpc", "nccl"});
+  node.Get("nccl_rendezvous", &out->nccl_rendezvous);
+  node.Get("nccl_world_size", &out->nccl_world_size, 2, 4096);
+  node.Get("nccl_cuda_device", &out->nccl_cuda_device, 0, 1023);
+  if (out->nccl_rendezvous.rfind(':') == std::string::npos)
+    node.Error("nccl_rendezvous", "must be host:port, got '" + out->nccl_rendezvous + "'");
+  if (out->weight_sync == "nccl" && !NcclBroadcastAvailable())
+    node.Error("weight_sync", "nccl is not in this build (configure with SPAR_WITH_NCCL=ON, NCCL and the CUDA "
+                              "runtime installed); use grpc");
   node.Get("world_size", &out->world_size, 1, 4096);
   node.Get("rank", &out->rank, 0, 4095);
   if (out->rank >= out->world_size)

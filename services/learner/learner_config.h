@@ -25,6 +25,10 @@
 //     gradient_checkpointing: false
 //     publish_every_steps: 0         # 0 = only at the end of each iteration
 //     bucket_mb: 256                 # weight-stream bucket size
+//     weight_sync: grpc              # grpc (UpdateWeights relay chain) | nccl (broadcast group)
+//     nccl_rendezvous: 127.0.0.1:29600  # TCPStore of the NCCL weight group (this learner serves it)
+//     nccl_world_size: 2             # 1 + the generators that join it (generator.weight_broadcast)
+//     nccl_cuda_device: 0
 //     world_size: 1
 //     rank: 0
 //     rendezvous: 127.0.0.1:29500    # TCPStore of the c10d group
@@ -61,6 +65,10 @@ struct LearnerConfig {
   bool gradient_checkpointing = false;
   int64_t publish_every_steps = 0;
   int64_t bucket_mb = 256;
+  std::string weight_sync = "grpc";
+  std::string nccl_rendezvous = "127.0.0.1:29600";
+  int nccl_world_size = 2;
+  int nccl_cuda_device = 0;
   int world_size = 1;
   int rank = 0;
   std::string rendezvous = "127.0.0.1:29500";

@@ -60,6 +60,7 @@ Result<std::unique_ptr<LearnerCore>> LearnerCore::Create(const LearnerConfig& co
                                                          uint64_t initial_version) {
   if (!policy) return InvalidArgument("learner needs a policy");
   if (group && group->rank() != 0) return InvalidArgument("only rank 0 runs the learner core");
+  SPAR_RETURN_IF_ERROR(policy->ConfigureTraining(config.gradient_checkpointing, config.dtype));
   return std::unique_ptr<LearnerCore>(
       new LearnerCore(config, std::move(policy), std::move(group), initial_version));
 }
@@ -248,7 +249,40 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
     out.checkpoint_dir = dir;
   }
   const uint64_t version = iteration + 1;
-  if (!generators.empty()) {
+  if (config_.weight_sync == "nccl") {
+    if (!broadcast_) {
+      NcclGroupOptions o;
+      o.rendezvous = config_.nccl_rendezvous;
+      o.rank = 0;
+      o.world_size = config_.nccl_world_size;
+      o.cuda_device = config_.nccl_cuda_device;
+      o.bucket_bytes = static_cast<uint64_t>(config_.bucket_mb) << 20;
+      SPAR_ASSIGN_OR_RETURN(broadcast_, NcclWeightGroup::Join(o));
+    }
+    // Parameters as they are (device memory is broadcast from where it is).
+    std::vector<torch::Tensor> keep;
+    std::vector<WeightTensorView> views;
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& [name, t] : policy_->NamedWeights()) {
+        torch::Tensor c = t.detach().contiguous();
+        if (c.scalar_type() != torch::kBFloat16 && c.scalar_type() != torch::kFloat16) c = c.to(torch::kFloat32);
+        std::string dtype = c.scalar_type() == torch::kBFloat16 ? "BF16" : c.scalar_type() == torch::kFloat16 ? "F16" : "F32";
+        keep.push_back(c);
+        views.push_back({name, dtype, c.sizes().vec(), c.data_ptr(), static_cast<uint64_t>(c.nbytes())});
+      }
+    }
+    auto sent = broadcast_->Send(version, views);
+    if (!sent.ok()) return sent.status().WithContext("learner: broadcasting version " + std::to_string(version));
+    out.publish.bytes = sent->bytes;
+    out.publish.seconds = sent->seconds;
+    out.publish.result.set_applied(true);
+    out.publish.result.set_version(version);
+    out.publish.result.set_node("nccl-group");
+    out.published = true;
+    Logger("learner")->info("broadcast version {} ({:.1f} MB, {} buckets) to {} generator(s) over NCCL in {:.2f} s",
+                            version, sent->bytes / 1e6, sent->buckets, config_.nccl_world_size - 1, sent->seconds);
+  } else if (!generators.empty()) {
     // Contiguous CPU copies in the checkpoint dtype, alive while publishing.
     std::vector<torch::Tensor> keep;
     std::vector<WeightTensorView> views;
@@ -358,6 +392,7 @@ void LearnerCore::TrainingLoop() {
 
 Status LearnerCore::RunFollower(const LearnerConfig& config, std::unique_ptr<TrainablePolicy> policy,
                                 std::unique_ptr<DataParallelGroup> group) {
+  SPAR_RETURN_IF_ERROR(policy->ConfigureTraining(config.gradient_checkpointing, config.dtype));
   PolicyTrainer trainer(policy.get(), config, group.get());
   for (;;) {
     std::string bytes;

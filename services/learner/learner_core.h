@@ -14,7 +14,8 @@
 //                      waiting, while more arrive.
 //   FinishIteration    trains what is left (and extra epochs), writes the
 //                      HF checkpoint + optimiser state, streams version t+1
-//                      to the generator chain, and returns.
+//                      to the generator chain (gRPC) or broadcasts it to the
+//                      NCCL group (learner.weight_sync), and returns.
 //
 // Data parallel: rank 0 runs this core and serves the gRPC service; it
 // broadcasts each command and batch to the other ranks (RunFollower), so
@@ -37,6 +38,7 @@
 #include "services/learner/data_parallel.h"
 #include "services/learner/learner_config.h"
 #include "services/learner/trainer.h"
+#include "services/weights/nccl_broadcast.h"
 #include "services/weights/weight_publisher.h"
 
 namespace spar {
@@ -110,6 +112,9 @@ class LearnerCore {
   std::unique_ptr<TrainablePolicy> policy_;
   std::unique_ptr<DataParallelGroup> group_;
   std::unique_ptr<PolicyTrainer> trainer_;
+  // learner.weight_sync nccl: joined at the first publication (the
+  // generators join in the background when they start).
+  std::unique_ptr<NcclWeightGroup> broadcast_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -37,6 +37,16 @@ class TrainablePolicy {
   // A deep copy (the frozen reference pi_t); the copy does not require grad.
   virtual std::unique_ptr<TrainablePolicy> FrozenCopy() = 0;
   virtual void SetTraining(bool training) = 0;
+  // Training-time memory and precision options (learner.gradient_checkpointing,
+  // learner.dtype: "float32" | "bfloat16" = autocast with float32 master
+  // weights). The default supports neither: InvalidArgument when asked.
+  virtual Status ConfigureTraining(bool gradient_checkpointing, const std::string& compute_dtype) {
+    if (gradient_checkpointing)
+      return InvalidArgument("learner.gradient_checkpointing: policy " + name() + " does not support it");
+    if (compute_dtype != "float32")
+      return InvalidArgument("learner.dtype: policy " + name() + " supports float32 only, not '" + compute_dtype + "'");
+    return Status::Ok();
+  }
   // Writes an HF folder (config.json, safetensors, tokenizer files).
   virtual Status Save(const std::string& dir) = 0;
   // Replaces the weights with those of an HF folder of the same shape.
