@@ -141,15 +141,20 @@ class ProgressReporter {
 };
 
 void PrintTable(const RunSummary& summary) {
-  std::printf("\n%-5s %8s %9s %10s %9s %10s %9s %8s %9s %10s\n", "iter", "prompts", "rollouts", "tokens",
-              "tok/s", "chosen-wr", "steps", "loss", "sync s", "wall s");
-  for (const auto& s : summary.iterations) {
-    std::printf("%-5u %8lu %9lu %10lu %9.1f %10.3f %9lu %8.4f %9.2f %10.1f\n", s.iteration,
+  std::printf("\n%-5s %8s %9s %10s %9s %10s %9s %8s %9s %10s %10s\n", "iter", "prompts", "rollouts", "tokens",
+              "tok/s", "chosen-wr", "steps", "loss", "sync s", "wall s", "vs-pi0");
+  for (size_t i = 0; i < summary.iterations.size(); ++i) {
+    const auto& s = summary.iterations[i];
+    char judged[32] = "-";
+    if (i < summary.held_out.size() && summary.held_out[i].prompts > 0)
+      std::snprintf(judged, sizeof judged, "%.3f", summary.held_out[i].win_rate);
+    std::printf("%-5u %8lu %9lu %10lu %9.1f %10.3f %9lu %8.4f %9.2f %10.1f %10s\n", s.iteration,
                 static_cast<unsigned long>(s.prompts), static_cast<unsigned long>(s.rollouts),
                 static_cast<unsigned long>(s.rollout_tokens),
                 s.generation_seconds > 0 ? s.rollout_tokens / s.generation_seconds : 0.0, s.mean_chosen_win_rate,
-                static_cast<unsigned long>(s.learner.step), s.learner.loss, s.weight_sync_seconds, s.wall_seconds);
+                static_cast<unsigned long>(s.learner.step), s.learner.loss, s.weight_sync_seconds, s.wall_seconds, judged);
   }
+  std::printf("(vs-pi0: win rate of the iteration's new policy against pi_0 on the held-out prompts, per the scorer)\n");
   std::printf("\nrun folder:  %s\nsummary:     %s/summary.json\nfinal model: %s\n", summary.run_dir.c_str(),
               summary.run_dir.c_str(), summary.final_model.c_str());
   if (summary.iterations_resumed > 0)
@@ -172,7 +177,7 @@ int Run(const RunArgs& args) {
   const auto interval = std::chrono::milliseconds(
       static_cast<int64_t>(1000 * (args.progress_interval > 0 ? args.progress_interval : tty ? 0.5 : 10.0)));
   auto progress = std::make_unique<ProgressReporter>(&metrics, config->run.iterations, tty, interval);
-  options.on_iteration = [&](const IterationStats& s) {
+  options.on_iteration = [&](const IterationStats& s, const HeldOutResult&) {
     const double rate = s.generation_seconds > 0 ? s.rollout_tokens / s.generation_seconds : 0.0;
     char line[256];
     std::snprintf(line, sizeof line, "iteration %u/%u done: %lu rollouts, %.1f tokens/s, loss %.4f, %.1f s",

@@ -3,7 +3,7 @@
 namespace spar {
 namespace {
 
-Status ReadModelInit(ConfigNode node, ModelInitConfig* out) {
+Status ReadModelInit(ConfigNode node, ModelInitConfig* out, bool preference_head = false) {
   out->enabled = node.Has("arch") || node.Has("preset") || node.Has("tokenizer") ||
                  node.Has("seed");
   node.GetEnum("arch", &out->arch, {"llama", "gemma"});
@@ -11,7 +11,23 @@ Status ReadModelInit(ConfigNode node, ModelInitConfig* out) {
   node.Get("tokenizer", &out->tokenizer);
   node.Get("seed", &out->seed, 0);
   if (out->enabled && out->tokenizer.empty()) node.Require("tokenizer");
+  if (preference_head) {
+    out->head = "gpm";
+    node.GetEnum("head", &out->head, {"gpm", "bt"});
+    node.Get("k", &out->k, 1, 1 << 16);
+    node.Get("prompt_head", &out->prompt_head);
+  }
   return node.Finish();
+}
+
+// scorer.model and scorer.init (the rest of the section is the scorer's).
+Status ReadScorerModel(ConfigNode root, ScorerModelConfig* out) {
+  if (!root.Has("scorer")) return Status::Ok();
+  ConfigNode scorer = root.Child("scorer");
+  if (scorer.Has("model")) scorer.Get("model", &out->model);
+  if (!scorer.Has("init")) return Status::Ok();
+  if (out->model.empty()) scorer.Error("init", "needs scorer.model (the folder to build)");
+  return ReadModelInit(scorer.Child("init"), &out->init, /*preference_head=*/true);
 }
 
 Status ReadPolicy(ConfigNode node, PolicyConfig* out) {
@@ -61,7 +77,10 @@ Status ReadAddresses(const YAML::Node& root, const std::string& file, const RunS
                      ServiceAddresses* out) {
   auto address_of = [&](const YAML::Node& n, const std::string& where, std::string* dest) -> Status {
     if (!n.IsMap()) return InvalidArgument(file + ": " + where + ": must be a mapping");
+    // Remote: `address` (or `listen`, when they are the same). Local: only an
+    // explicit `address` names a running service to use instead of a child.
     for (const char* key : {"address", "listen"}) {
+      if (run.launch == "local" && std::string(key) == "listen") break;
       if (n[key] && n[key].IsScalar()) {
         *dest = n[key].Scalar();
         return Status::Ok();
@@ -107,6 +126,7 @@ Result<RunConfig> FromRoot(ConfigNode root) {
   SPAR_RETURN_IF_ERROR(root.Finish());
   if (root.Has("generators") || root.Has("scorer") || root.Has("learner"))
     SPAR_RETURN_IF_ERROR(ReadAddresses(root.raw(), root.file(), config.run, &config.services));
+  SPAR_RETURN_IF_ERROR(ReadScorerModel(root, &config.scorer_model));
   return config;
 }
 

@@ -31,6 +31,10 @@ struct ModelInitConfig {
   std::string preset = "tiny";
   std::string tokenizer;        // folder with tokenizer.json
   int64_t seed = 1;
+  // Preference models only (scorer.init): the head init-model adds.
+  std::string head;             // gpm | bt
+  int64_t k = 2;                // GPM: value_head has 2k rows
+  bool prompt_head = false;
 };
 
 struct PolicyConfig {
@@ -76,6 +80,16 @@ struct ServiceAddresses {
   std::string learner;
 };
 
+// The preference model spar run builds when it starts the scorer itself and
+// the folder is absent:
+//   scorer: {kind: gpm, model: DIR,
+//            init: {arch: llama, preset: tiny, tokenizer: DIR, seed: 7, head: gpm, k: 2}}
+// (the scorer service ignores `init`).
+struct ScorerModelConfig {
+  std::string model;
+  ModelInitConfig init;
+};
+
 struct RunConfig {
   std::string source;               // the file it was read from
   std::string log_level = "info";
@@ -85,6 +99,7 @@ struct RunConfig {
   GenerationConfig generation;
   StorageConfig storage;
   ServiceAddresses services;
+  ScorerModelConfig scorer_model;
 
   // Reads and validates a run config. Errors: NotFound (no file),
   // InvalidArgument naming the file, key and allowed values.

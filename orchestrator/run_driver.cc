@@ -56,8 +56,11 @@ Status RunToCompletion(const std::vector<std::string>& argv, const std::string& 
 
 std::string Absolute(const std::string& path) { return fs::absolute(path).lexically_normal().string(); }
 
-nlohmann::json StatsJson(const IterationStats& s) {
+nlohmann::json StatsJson(const IterationStats& s, const HeldOutResult& h) {
   return {{"iteration", s.iteration},
+          {"held_out_prompts", h.prompts},
+          {"held_out_win_rate", h.prompts > 0 ? nlohmann::json(h.win_rate) : nlohmann::json(nullptr)},
+          {"held_out_seconds", h.seconds},
           {"prompts", s.prompts},
           {"generated_groups", s.generated_groups},
           {"reused_groups", s.reused_groups},
@@ -135,6 +138,20 @@ Status EnsureInitialPolicy(const RunConfig& config, const std::string& spar_bina
                          log_dir + "/init-model.log");
 }
 
+// Builds scorer.model from scorer.init when the folder is absent.
+Status EnsureScorerModel(const RunConfig& config, const std::string& spar_binary, const std::string& log_dir) {
+  const auto& m = config.scorer_model;
+  if (!m.init.enabled || fs::exists(fs::path(m.model) / "config.json")) return Status::Ok();
+  const auto& init = m.init;
+  Logger("run")->info("building the preference model {} ({} {} + {} head, seed {})", m.model, init.arch, init.preset,
+                      init.head, init.seed);
+  std::vector<std::string> argv = {spar_binary, "init-model", "--arch", init.arch, "--preset", init.preset,
+                                   "--tokenizer", init.tokenizer, "--out", m.model, "--seed", std::to_string(init.seed),
+                                   "--head", init.head, "--k", std::to_string(init.k)};
+  if (init.prompt_head) argv.push_back("--prompt-head");
+  return RunToCompletion(argv, log_dir + "/init-scorer.log");
+}
+
 Status EnsureInitialPolicy(const RunConfig& config) {
   SPAR_RETURN_IF_ERROR(EnsureDir(config.run.dir + "/logs"));
   return EnsureInitialPolicy(config, Launcher::SelfExecutable(), config.run.dir + "/logs");
@@ -144,8 +161,9 @@ std::string SummaryJson(const RunSummary& summary) {
   nlohmann::json iterations = nlohmann::json::array();
   uint64_t rollouts = 0, tokens = 0;
   double generation_seconds = 0;
-  for (const auto& s : summary.iterations) {
-    iterations.push_back(StatsJson(s));
+  for (size_t i = 0; i < summary.iterations.size(); ++i) {
+    const auto& s = summary.iterations[i];
+    iterations.push_back(StatsJson(s, i < summary.held_out.size() ? summary.held_out[i] : HeldOutResult{}));
     rollouts += s.rollouts;
     tokens += s.rollout_tokens;
     generation_seconds += s.generation_seconds;
@@ -172,6 +190,17 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   const std::string binary = options.spar_binary.empty() ? Launcher::SelfExecutable() : options.spar_binary;
 
   SPAR_ASSIGN_OR_RETURN(PromptSet prompts, PromptSet::Load(config.prompts.path, config.prompts.limit));
+  // The last run.held_out prompts are never trained on (held-out judging).
+  const size_t held_out_count = static_cast<size_t>(config.run.held_out);
+  if (held_out_count + config.run.iterations > prompts.prompts.size())
+    return InvalidArgument(config.source + ": run.held_out is " + std::to_string(held_out_count) + " but " +
+                           config.prompts.path + " has only " + std::to_string(prompts.prompts.size()) +
+                           " prompts: at least one per iteration (" + std::to_string(config.run.iterations) +
+                           ") must stay for training");
+  std::vector<PromptRecord> held_out(prompts.prompts.end() - static_cast<std::ptrdiff_t>(held_out_count),
+                                     prompts.prompts.end());
+  prompts.prompts.resize(prompts.prompts.size() - held_out_count);
+  for (size_t i = 0; i < held_out.size(); ++i) held_out[i].prompt_index = i;
   SPAR_ASSIGN_OR_RETURN(auto store, RunStore::Open(summary.run_dir + "/store"));
 
   // Which iterations are already done, and from which checkpoint to go on.
@@ -213,11 +242,21 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
     const std::vector<std::string> policy_args = {"--config", cfg, "--model", policy_dir, "--policy-version",
                                                   std::to_string(first), "--bus", bus_address,
                                                   "--metrics-listen", "127.0.0.1:0"};
+    // A service with an explicit address in the config is already running
+    // somewhere (e.g. another preference model): use it, start the rest.
     std::vector<std::pair<std::string, std::pair<std::string, std::vector<std::string>>>> plan;
-    plan.push_back(
-        {"scorer", {"scorer", {"--config", cfg, "--bus", bus_address, "--metrics-listen", "127.0.0.1:0"}}});
-    plan.push_back({"learner", {"learner", policy_args}});
+    if (scorer_address.empty()) {
+      SPAR_RETURN_IF_ERROR(EnsureScorerModel(config, binary, log_dir));
+      plan.push_back(
+          {"scorer", {"scorer", {"--config", cfg, "--bus", bus_address, "--metrics-listen", "127.0.0.1:0"}}});
+    } else log->info("scorer: using the running service at {}", scorer_address);
+    if (learner_address.empty()) plan.push_back({"learner", {"learner", policy_args}});
+    else log->info("learner: using the running service at {}", learner_address);
     for (size_t i = 0; i < generator_addresses.size(); ++i) {
+      if (!generator_addresses[i].empty()) {
+        log->info("generator-{}: using the running service at {}", i, generator_addresses[i]);
+        continue;
+      }
       auto args = policy_args;
       args.insert(args.end(), {"--id", "generator-" + std::to_string(i)});
       plan.push_back({"generator-" + std::to_string(i), {"generator", args}});
@@ -271,18 +310,29 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   pipeline_options.metrics = &metrics;
   IterationPipeline pipeline(store.get(), generators, scorer.get(), learner.get(), pipeline_options);
 
+  HeldOutOptions held_out_options;
+  held_out_options.generation = config.generation;
+  held_out_options.seed = static_cast<uint64_t>(config.run.seed);
+  HeldOutEvaluator evaluator(store.get(), std::move(held_out), generators, scorer.get(), held_out_options);
+  if (first < config.run.iterations) SPAR_RETURN_IF_ERROR(evaluator.EnsureBaseline(first));
+
   summary.final_model = policy_dir;
   for (uint32_t t = first; t < config.run.iterations; ++t) {
     auto shard = prompts.Shard(t, config.run.iterations);
     log->info("iteration {}: {} prompts", t, shard.size());
     iteration_gauge->Set(t);
     SPAR_ASSIGN_OR_RETURN(IterationStats stats, pipeline.Run(t, shard));
-    nlohmann::json state = StatsJson(stats);
+    SPAR_ASSIGN_OR_RETURN(HeldOutResult judged, evaluator.Judge(stats.policy_version));
+    if (judged.prompts > 0)
+      log->info("iteration {}: pi_{} wins {:.3f} against pi_0 on {} held-out prompts ({:.1f} s)", t,
+                judged.policy_version, judged.win_rate, judged.prompts, judged.seconds);
+    nlohmann::json state = StatsJson(stats, judged);
     state["done"] = true;
     SPAR_RETURN_IF_ERROR(store->PutIterationState(t, state.dump()));
     summary.final_model = stats.checkpoint_dir;
     summary.iterations.push_back(stats);
-    if (options.on_iteration) options.on_iteration(stats);
+    summary.held_out.push_back(judged);
+    if (options.on_iteration) options.on_iteration(stats, judged);
   }
   summary.iterations_done = config.run.iterations;
   summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

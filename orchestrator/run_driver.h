@@ -8,6 +8,14 @@
 // train), the learner checkpoints to RUN_DIR/checkpoints/iter-<t> and
 // streams version t+1 to the generators; the iteration's stats are stored.
 //
+// Held-out judging: the last run.held_out prompts never train; after each
+// iteration the new policy's responses to them are judged against pi_0's by
+// the scorer (orchestrator/evaluation.h), reported per iteration.
+//
+// Local mode with an explicit `address:` for a service (a generators entry,
+// scorer or learner) uses that running service instead of starting one:
+// swapping the preference model is a change of scorer.address.
+//
 // Resume: a second `spar run` on the same run folder skips iterations
 // recorded as done and (local mode) starts the learner and generators from
 // the last checkpoint at its version; the pipeline itself resumes a
@@ -23,6 +31,7 @@
 
 #include "common/status.h"
 #include "metrics/metrics.h"
+#include "orchestrator/evaluation.h"
 #include "orchestrator/pipeline.h"
 #include "orchestrator/run_config.h"
 
@@ -34,6 +43,7 @@ struct RunSummary {
   uint32_t iterations_done = 0;
   uint32_t iterations_resumed = 0;  // done by an earlier invocation
   std::vector<IterationStats> iterations;  // those run by this invocation
+  std::vector<HeldOutResult> held_out;     // pi_{t+1} against pi_0, one per entry of `iterations`
   double wall_seconds = 0;
 };
 
@@ -47,7 +57,7 @@ struct RunDriverOptions {
   // draw progress from them; otherwise into a registry of the run's own.
   MetricsRegistry* metrics = nullptr;
   // Called after each iteration (progress output).
-  std::function<void(const IterationStats&)> on_iteration;
+  std::function<void(const IterationStats&, const HeldOutResult&)> on_iteration;
 };
 
 // Runs (or resumes) the run. Writes RUN_DIR/bus.json (the bus broker) and

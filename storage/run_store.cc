@@ -382,6 +382,26 @@ Result<std::optional<std::string>> RunStore::GetIterationState(uint32_t iteratio
   return GetRaw(kState, "iter/" + keys::Iteration(iteration));
 }
 
+namespace {
+Status CheckDocumentName(const std::string& name) {
+  if (name.empty() || name.find('\0') != std::string::npos || name == "run" || name.rfind("iter/", 0) == 0)
+    return InvalidArgument("run store: bad document name '" + name + "' (non-empty, no NUL, not run or iter/...)");
+  return Status::Ok();
+}
+}  // namespace
+
+Status RunStore::PutDocument(const std::string& name, const std::string& json) {
+  SPAR_RETURN_IF_ERROR(CheckDocumentName(name));
+  rocksdb::WriteBatch batch;
+  batch.Put(families_[kState], "doc/" + name, json);
+  return Write(&batch);
+}
+
+Result<std::optional<std::string>> RunStore::GetDocument(const std::string& name) const {
+  SPAR_RETURN_IF_ERROR(CheckDocumentName(name));
+  return GetRaw(kState, "doc/" + name);
+}
+
 // ---- metrics ----
 
 Status RunStore::AppendMetrics(const MetricsPoint& point) {

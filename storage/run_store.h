@@ -102,6 +102,10 @@ class RunStore {
   Result<std::optional<std::string>> GetRunState() const;
   Status PutIterationState(uint32_t iteration, const std::string& json);
   Result<std::optional<std::string>> GetIterationState(uint32_t iteration) const;
+  // Other named documents (e.g. "eval/baseline", the held-out responses of
+  // pi_0). Names are non-empty, without NUL bytes, and not "run" or "iter/...".
+  Status PutDocument(const std::string& name, const std::string& json);
+  Result<std::optional<std::string>> GetDocument(const std::string& name) const;
 
   // ---- metrics history ----
   Status AppendMetrics(const MetricsPoint& point);

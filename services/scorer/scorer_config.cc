@@ -21,6 +21,7 @@ Status ReadScorerConfig(ConfigNode node, ScorerConfig* out) {
   node.Get("max_batch_responses", &max_batch, 1, 1 << 16);
   out->limits.max_batch_responses = max_batch;
   node.Get("max_k", &out->limits.max_k, 2, 1024);
+  node.Ignore("init");  // how spar run builds `model` when absent (orchestrator/run_config.h)
 
   ConfigNode rule = node.Child("rule");
   rule.Get("target_words", &out->rule.target_words, 0, 1 << 20);
