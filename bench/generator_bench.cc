@@ -64,7 +64,8 @@ struct GeneratorBenchArgs {
   int64_t max_context = 512;
   double temperature = 1.0;
   uint64_t seed = 1234;
-  int64_t bucket_mb = 64;       // weight-stream bucket size
+  int64_t bucket_mb = 8;        // weight-stream bucket size
+  int64_t repeats = 3;          // runs of each measurement (min and median printed)
   bool skip_generate = false;
   bool skip_weights = false;
 };
@@ -103,6 +104,20 @@ Status RunConcurrently(int64_t n, int64_t threads, const std::function<Status(in
   }
   for (auto& th : pool) th.join();
   return first;
+}
+
+struct Spread {
+  double min = 0;
+  double median = 0;
+};
+
+Spread SpreadOf(std::vector<double> v) {
+  Spread s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  return s;
 }
 
 struct LoadFigures {
@@ -149,9 +164,9 @@ void StopGenerator(Generator& g) {
 int Run(const GeneratorBenchArgs& args) {
   const char* kName = "bench generator";
   if (args.prompts <= 0 || args.samples <= 0 || args.max_new_tokens <= 0 || args.concurrency <= 0 ||
-      args.bucket_mb <= 0)
-    return cli::Fail(kName, InvalidArgument("--prompts, --samples, --max-new-tokens, --concurrency and "
-                                            "--bucket-mb must be > 0"));
+      args.bucket_mb <= 0 || args.repeats <= 0)
+    return cli::Fail(kName, InvalidArgument("--prompts, --samples, --max-new-tokens, --concurrency, "
+                                            "--bucket-mb and --repeats must be > 0"));
   auto config = ModelConfig::Preset(args.arch, args.preset);
   if (!config.ok()) return cli::Fail(kName, config.status());
 
@@ -214,25 +229,23 @@ int Run(const GeneratorBenchArgs& args) {
                 static_cast<long>(args.concurrency), static_cast<long>(args.max_batch));
 
     // (a) In process: an engine over its own copy of the same folder.
-    LoadFigures local;
-    {
-      auto model = LoadCausalLM(model_dir);
-      if (!model.ok()) return cli::Fail(kName, model.status());
-      (*model)->eval();
-      auto tok = Tokenizer::FromDir(model_dir);
-      if (!tok.ok()) return cli::Fail(kName, tok.status());
-      EngineOptions engine_options;
-      engine_options.max_batch = static_cast<int32_t>(args.max_batch);
-      engine_options.max_context = static_cast<int32_t>(args.max_context);
-      auto engine =
-          GenerationEngine::Create(*model, std::shared_ptr<const Tokenizer>(std::move(*tok)), engine_options);
-      if (!engine.ok()) return cli::Fail(kName, engine.status());
-      {  // warm-up
-        SamplingOptions w = sampling;
-        w.max_new_tokens = 4;
-        auto out = (*engine)->Generate(prompt_ids[0], 1, w);
-        if (!out.ok()) return cli::Fail(kName, out.status());
-      }
+    auto model = LoadCausalLM(model_dir);
+    if (!model.ok()) return cli::Fail(kName, model.status());
+    (*model)->eval();
+    auto tok = Tokenizer::FromDir(model_dir);
+    if (!tok.ok()) return cli::Fail(kName, tok.status());
+    EngineOptions engine_options;
+    engine_options.max_batch = static_cast<int32_t>(args.max_batch);
+    engine_options.max_context = static_cast<int32_t>(args.max_context);
+    auto engine = GenerationEngine::Create(*model, std::shared_ptr<const Tokenizer>(std::move(*tok)), engine_options);
+    if (!engine.ok()) return cli::Fail(kName, engine.status());
+    {  // warm-up
+      SamplingOptions w = sampling;
+      w.max_new_tokens = 4;
+      auto out = (*engine)->Generate(prompt_ids[0], 1, w);
+      if (!out.ok()) return cli::Fail(kName, out.status());
+    }
+    auto run_local = [&]() -> Result<LoadFigures> {
       std::atomic<uint64_t> rollouts{0}, tokens{0};
       auto t = std::chrono::steady_clock::now();
       Status s = RunConcurrently(args.prompts, args.concurrency, [&](int64_t i) -> Status {
@@ -243,31 +256,29 @@ int Run(const GeneratorBenchArgs& args) {
         rollouts += out.size();
         return Status();
       });
-      local.seconds = Since(t);
-      if (!s.ok()) return cli::Fail(kName, s);
-      local.rollouts = rollouts;
-      local.tokens = tokens;
-    }
-    std::printf("in-process engine: %8.2f rollouts/s %10.1f tokens/s  (%lu rollouts, %lu tokens, %.2f s)\n",
-                local.rollouts_per_second(), local.tokens_per_second(), static_cast<unsigned long>(local.rollouts),
-                static_cast<unsigned long>(local.tokens), local.seconds);
+      LoadFigures f;
+      f.seconds = Since(t);
+      if (!s.ok()) return s;
+      f.rollouts = rollouts;
+      f.tokens = tokens;
+      return f;
+    };
 
     // (b) Through the Generator service on loopback, with the orchestrator's client.
-    LoadFigures remote;
-    {
-      auto client = MakeGrpcGeneratorClient("gen-0", (*gen0).server.address);
-      {  // warm-up (channel, first request)
-        PromptRecord p;
-        p.prompt_id = "warmup";
-        p.text = PromptText(0);
-        GenerationConfig w = gen_config;
-        w.samples_per_prompt = 1;
-        w.max_new_tokens = 4;
-        auto out = client->Generate(p, w, args.seed, std::chrono::minutes(5));
-        if (!out.ok()) return cli::Fail(kName, out.status());
-      }
+    auto client = MakeGrpcGeneratorClient("gen-0", (*gen0).server.address);
+    {  // warm-up (channel, first request)
+      PromptRecord p;
+      p.prompt_id = "warmup";
+      p.text = PromptText(0);
+      GenerationConfig w = gen_config;
+      w.samples_per_prompt = 1;
+      w.max_new_tokens = 4;
+      auto out = client->Generate(p, w, args.seed, std::chrono::minutes(5));
+      if (!out.ok()) return cli::Fail(kName, out.status());
+    }
+    std::atomic<int64_t> prompt_mismatch{0};
+    auto run_remote = [&]() -> Result<LoadFigures> {
       std::atomic<uint64_t> rollouts{0}, tokens{0};
-      std::atomic<int64_t> prompt_mismatch{0};
       auto t = std::chrono::steady_clock::now();
       Status s = RunConcurrently(args.prompts, args.concurrency, [&](int64_t i) -> Status {
         PromptRecord p;
@@ -281,36 +292,63 @@ int Run(const GeneratorBenchArgs& args) {
         rollouts += group.rollouts.size();
         return Status();
       });
-      remote.seconds = Since(t);
-      if (!s.ok()) return cli::Fail(kName, s);
-      remote.rollouts = rollouts;
-      remote.tokens = tokens;
-      if (prompt_mismatch > 0)
-        std::printf("note: %ld prompt(s) rendered differently by the service\n",
-                    static_cast<long>(prompt_mismatch.load()));
+      LoadFigures f;
+      f.seconds = Since(t);
+      if (!s.ok()) return s;
+      f.rollouts = rollouts;
+      f.tokens = tokens;
+      return f;
+    };
+
+    // Alternate the two so both see the same machine load; min and median.
+    std::vector<double> local_tps, remote_tps, local_rps, remote_rps;
+    LoadFigures local, remote;
+    for (int64_t r = 0; r < args.repeats; ++r) {
+      auto l = run_local();
+      if (!l.ok()) return cli::Fail(kName, l.status());
+      auto g = run_remote();
+      if (!g.ok()) return cli::Fail(kName, g.status());
+      local = *l;
+      remote = *g;
+      local_tps.push_back(l->tokens_per_second());
+      remote_tps.push_back(g->tokens_per_second());
+      local_rps.push_back(l->rollouts_per_second());
+      remote_rps.push_back(g->rollouts_per_second());
+      std::printf("run %ld: in-process %8.1f tokens/s (%.2f s), gRPC %8.1f tokens/s (%.2f s)\n",
+                  static_cast<long>(r + 1), l->tokens_per_second(), l->seconds, g->tokens_per_second(), g->seconds);
     }
-    std::printf("gRPC Generator:    %8.2f rollouts/s %10.1f tokens/s  (%lu rollouts, %lu tokens, %.2f s)\n",
-                remote.rollouts_per_second(), remote.tokens_per_second(),
-                static_cast<unsigned long>(remote.rollouts), static_cast<unsigned long>(remote.tokens),
-                remote.seconds);
+    if (prompt_mismatch > 0)
+      std::printf("note: %ld prompt(s) rendered differently by the service\n",
+                  static_cast<long>(prompt_mismatch.load()));
+    // Higher is better: "min" of a rate is its worst run, so print max and median.
+    auto best = [](std::vector<double> v) { return *std::max_element(v.begin(), v.end()); };
+    const Spread lt = SpreadOf(local_tps), rt = SpreadOf(remote_tps);
+    std::printf("in-process engine: %8.2f rollouts/s %10.1f tokens/s median, %10.1f best  (%lu rollouts, %lu tokens)\n",
+                SpreadOf(local_rps).median, lt.median, best(local_tps), static_cast<unsigned long>(local.rollouts),
+                static_cast<unsigned long>(local.tokens));
+    std::printf("gRPC Generator:    %8.2f rollouts/s %10.1f tokens/s median, %10.1f best  (%lu rollouts, %lu tokens)\n",
+                SpreadOf(remote_rps).median, rt.median, best(remote_tps), static_cast<unsigned long>(remote.rollouts),
+                static_cast<unsigned long>(remote.tokens));
     if (remote.tokens != local.tokens)
       std::printf("note: token counts differ (%lu in process, %lu over gRPC); compare tokens/s\n",
                   static_cast<unsigned long>(local.tokens), static_cast<unsigned long>(remote.tokens));
-    const double overhead =
-        local.tokens_per_second() > 0 ? (1.0 - remote.tokens_per_second() / local.tokens_per_second()) * 100 : 0;
-    std::printf("gRPC overhead: %.1f%% of in-process tokens/s (%.1f%% more wall time)\n", overhead,
-                local.seconds > 0 ? (remote.seconds / local.seconds - 1.0) * 100 : 0.0);
+    const double overhead = lt.median > 0 ? (1.0 - rt.median / lt.median) * 100 : 0;
+    const double overhead_best = best(local_tps) > 0 ? (1.0 - best(remote_tps) / best(local_tps)) * 100 : 0;
+    std::printf("gRPC overhead: %.1f%% of in-process tokens/s (medians), %.1f%% (best runs)\n", overhead,
+                overhead_best);
     result["prompts"] = args.prompts;
     result["samples"] = args.samples;
     result["max_new_tokens"] = args.max_new_tokens;
     result["concurrency"] = args.concurrency;
-    result["inprocess_rollouts_per_second"] = local.rollouts_per_second();
-    result["inprocess_tokens_per_second"] = local.tokens_per_second();
+    result["repeats"] = args.repeats;
+    result["inprocess_rollouts_per_second"] = SpreadOf(local_rps).median;
+    result["inprocess_tokens_per_second"] = lt.median;
     result["inprocess_tokens"] = local.tokens;
-    result["grpc_rollouts_per_second"] = remote.rollouts_per_second();
-    result["grpc_tokens_per_second"] = remote.tokens_per_second();
+    result["grpc_rollouts_per_second"] = SpreadOf(remote_rps).median;
+    result["grpc_tokens_per_second"] = rt.median;
     result["grpc_tokens"] = remote.tokens;
     result["grpc_overhead_percent"] = overhead;
+    result["grpc_overhead_percent_best"] = overhead_best;
   }
 
   if (!args.skip_weights) {
@@ -337,13 +375,23 @@ int Run(const GeneratorBenchArgs& args) {
       SPAR_RETURN_IF_ERROR(CheckChainApplied(published.result, version));
       return published;
     };
-    auto one = publish(1, {(*gen0).server.address});
-    if (!one.ok()) return cli::Fail(kName, one.status());
-    auto three = publish(2, {(*gen0).server.address, (*gen1).server.address, (*gen2).server.address});
-    if (!three.ok()) return cli::Fail(kName, three.status());
+    // Versions 1, 2, ...: each measurement repeated, alternating 1 and 3
+    // generators so both see the same machine load. The first stream to a
+    // generator also pays for mapping its staging buffers (kept afterwards).
+    std::vector<double> one_seconds, three_seconds;
+    uint64_t version = 0, bytes = 0;
+    for (int64_t r = 0; r < args.repeats; ++r) {
+      auto one = publish(++version, {(*gen0).server.address});
+      if (!one.ok()) return cli::Fail(kName, one.status());
+      auto three = publish(++version, {(*gen0).server.address, (*gen1).server.address, (*gen2).server.address});
+      if (!three.ok()) return cli::Fail(kName, three.status());
+      one_seconds.push_back(one->seconds);
+      three_seconds.push_back(three->seconds);
+      bytes = one->bytes;
+    }
 
-    // memcpy of the same bytes (buffers touched first; best of 3).
-    const uint64_t bytes = one->bytes;
+    // memcpy of the same bytes: into a buffer already mapped (best of 3),
+    // and into fresh memory (what a new allocation per version would cost).
     std::vector<char> src(bytes, 1), dst(bytes, 0);
     double memcpy_seconds = 1e30;
     for (int r = 0; r < 3; ++r) {
@@ -352,23 +400,40 @@ int Run(const GeneratorBenchArgs& args) {
       memcpy_seconds = std::min(memcpy_seconds, Since(t));
       src[r] = dst[bytes - 1 - r];  // keep the copies observable
     }
+    double fresh_seconds = 0;
+    {
+      auto t = std::chrono::steady_clock::now();
+      std::vector<char> fresh(src.begin(), src.end());
+      fresh_seconds = Since(t);
+      src[3] = fresh[bytes / 2];
+    }
     const double memcpy_gbps = memcpy_seconds > 0 ? bytes / memcpy_seconds / 1e9 : 0;
-    std::printf("weights: %.1f MB in %u bucket(s) of %ld MB\n", bytes / 1e6,
-                static_cast<unsigned>((bytes + bucket_bytes - 1) / bucket_bytes), static_cast<long>(args.bucket_mb));
-    std::printf("stream to 1 generator:        %8.3f s  %7.3f GB/s\n", one->seconds, one->gigabytes_per_second());
-    std::printf("stream through 3 (chained):   %8.3f s  %7.3f GB/s\n", three->seconds,
-                three->gigabytes_per_second());
-    std::printf("memcpy of the same bytes:     %8.3f s  %7.3f GB/s\n", memcpy_seconds, memcpy_gbps);
-    const double ratio = one->seconds > 0 ? three->seconds / one->seconds : 0;
-    std::printf("3-chain / 1-chain time: %.2fx; 1-generator stream at %.1f%% of memcpy speed\n", ratio,
-                memcpy_gbps > 0 ? one->gigabytes_per_second() / memcpy_gbps * 100 : 0.0);
+    const double fresh_gbps = fresh_seconds > 0 ? bytes / fresh_seconds / 1e9 : 0;
+    const Spread s1 = SpreadOf(one_seconds), s3 = SpreadOf(three_seconds);
+    std::printf("weights: %.1f MB in %u bucket(s) of %ld MB, %ld run(s) each\n", bytes / 1e6,
+                static_cast<unsigned>((bytes + bucket_bytes - 1) / bucket_bytes), static_cast<long>(args.bucket_mb),
+                static_cast<long>(args.repeats));
+    std::printf("stream to 1 generator:        min %7.3f s  median %7.3f s  %7.3f GB/s (at min)\n", s1.min,
+                s1.median, bytes / s1.min / 1e9);
+    std::printf("stream through 3 (chained):   min %7.3f s  median %7.3f s  %7.3f GB/s (at min)\n", s3.min,
+                s3.median, bytes / s3.min / 1e9);
+    std::printf("memcpy of the same bytes:         %7.4f s  %7.3f GB/s (into mapped memory)\n", memcpy_seconds,
+                memcpy_gbps);
+    std::printf("memcpy into fresh memory:         %7.4f s  %7.3f GB/s (page faults included)\n", fresh_seconds,
+                fresh_gbps);
+    const double ratio = s1.median > 0 ? s3.median / s1.median : 0;
+    std::printf("3-chain / 1-chain time (medians): %.2fx; 1-generator stream at %.1f%% of memcpy speed (min)\n",
+                ratio, memcpy_gbps > 0 ? bytes / s1.min / 1e9 / memcpy_gbps * 100 : 0.0);
     result["weight_bytes"] = bytes;
     result["bucket_mb"] = args.bucket_mb;
-    result["stream_1_seconds"] = one->seconds;
-    result["stream_1_gb_per_second"] = one->gigabytes_per_second();
-    result["stream_3_seconds"] = three->seconds;
-    result["stream_3_gb_per_second"] = three->gigabytes_per_second();
+    result["stream_1_seconds_min"] = s1.min;
+    result["stream_1_seconds_median"] = s1.median;
+    result["stream_1_gb_per_second"] = bytes / s1.min / 1e9;
+    result["stream_3_seconds_min"] = s3.min;
+    result["stream_3_seconds_median"] = s3.median;
+    result["stream_3_gb_per_second"] = bytes / s3.min / 1e9;
     result["memcpy_gb_per_second"] = memcpy_gbps;
+    result["memcpy_fresh_gb_per_second"] = fresh_gbps;
     result["chain3_over_chain1"] = ratio;
     StopGenerator(*gen2);
     StopGenerator(*gen1);
@@ -391,7 +456,9 @@ void Setup(CLI::App& sub) {
   sub.add_option("--max-context", args->max_context, "prompt + response tokens per sequence");
   sub.add_option("--temperature", args->temperature, "sampling temperature (0 = greedy)");
   sub.add_option("--seed", args->seed, "prompt i samples with seed + i");
-  sub.add_option("--bucket-mb", args->bucket_mb, "weight-stream bucket size (MB)");
+  sub.add_option("--bucket-mb", args->bucket_mb,
+                 "weight-stream bucket size (MB); a chain pipelines bucket by bucket, so keep several per model");
+  sub.add_option("--repeats", args->repeats, "runs of each measurement (min and median printed)");
   sub.add_flag("--skip-generate", args->skip_generate, "only the weight stream");
   sub.add_flag("--skip-weights", args->skip_weights, "only the rollout load");
   sub.callback([args]() { cli::Exit(Run(*args)); });

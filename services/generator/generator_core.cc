@@ -304,17 +304,18 @@ void GeneratorCore::OnRollout(const SampleOutput& sample) {
   if (!sample.token_ids.empty()) time_to_first_token_->Observe(sample.seconds_to_first_token);
 }
 
-Result<WeightApplyResult> GeneratorCore::ApplyWeights(StagedWeights staged) {
+Result<WeightApplyResult> GeneratorCore::ApplyWeights(const StagedWeights& staged) {
   auto start = std::chrono::steady_clock::now();
   std::vector<std::pair<std::string, torch::Tensor>> named;
   named.reserve(staged.tensors.size());
-  for (auto& [name, t] : staged.tensors) {
+  for (const auto& [name, t] : staged.tensors) {
     auto dtype = ParseDType(t.dtype);
     if (!dtype.ok()) return InvalidArgument("weights: tensor " + name + ": " + dtype.status().message());
     auto scalar = ToTorchDType(*dtype);
     if (!scalar.ok()) return InvalidArgument("weights: tensor " + name + ": " + scalar.status().message());
     // A view of the staging buffer, alive until SwapWeights has copied it.
-    named.emplace_back(name, torch::from_blob(t.bytes.data(), t.shape, torch::TensorOptions().dtype(*scalar)));
+    named.emplace_back(name, torch::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
+                                              torch::TensorOptions().dtype(*scalar)));
   }
   Status s = engine_->SwapWeights(named, staged.version);
   if (!s.ok()) return s;

@@ -184,10 +184,13 @@ class GeneratorCore {
   Status ValidateSampling(const SamplingOptions& sampling) const;
 
   // Makes verified staged weights current (between decode steps, every
-  // active sequence finishing on the old version first). InvalidArgument
-  // for names/shapes/dtypes that do not fit the model, FailedPrecondition
-  // for a version that is not newer; the old weights keep serving then.
-  Result<WeightApplyResult> ApplyWeights(StagedWeights staged);
+  // active sequence finishing on the old version first): one copy_ per
+  // tensor from the staging buffers into the model's parameters (which
+  // converts dtype and device). InvalidArgument for names/shapes/dtypes that
+  // do not fit the model, FailedPrecondition for a version that is not
+  // newer; the old weights keep serving then. `staged` is only read (the
+  // caller recycles its buffers afterwards).
+  Result<WeightApplyResult> ApplyWeights(const StagedWeights& staged);
   // Counts bytes and time of one received stream (metrics).
   void RecordWeightSync(uint64_t bytes, double seconds, bool applied);
 

@@ -1,12 +1,46 @@
 #include "services/generator/generator_service.h"
 
+#include <condition_variable>
+#include <deque>
+#include <thread>
+
+#include <grpcpp/support/method_handler.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+
 #include "common/logging.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server.h"
 
 namespace spar {
 
+Status RejectUnknownFields(const google::protobuf::Message& message, const std::string& path) {
+  const auto* reflection = message.GetReflection();
+  const auto& unknown = reflection->GetUnknownFields(message);
+  if (!unknown.empty()) {
+    std::string numbers;
+    for (int i = 0; i < unknown.field_count(); ++i)
+      numbers += (i ? ", " : "") + std::to_string(unknown.field(i).number());
+    return InvalidArgument(path + ": unknown field number(s) " + numbers + " in " +
+                           message.GetDescriptor()->full_name() +
+                           " (a client built against another contract? this server speaks spar.v1)");
+  }
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const auto* f : fields) {
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (f->is_repeated()) {
+      for (int i = 0; i < reflection->FieldSize(message, f); ++i)
+        SPAR_RETURN_IF_ERROR(RejectUnknownFields(reflection->GetRepeatedMessage(message, f, i),
+                                                 path + "." + f->name() + "[" + std::to_string(i) + "]"));
+    } else {
+      SPAR_RETURN_IF_ERROR(RejectUnknownFields(reflection->GetMessage(message, f), path + "." + f->name()));
+    }
+  }
+  return Status::Ok();
+}
+
 Result<GenerateInput> FromProto(const v1::GenerateRequest& request, const SamplingOptions& defaults) {
+  SPAR_RETURN_IF_ERROR(RejectUnknownFields(request, "request"));
   GenerateInput in;
   in.prompts.reserve(request.prompts_size());
   for (int i = 0; i < request.prompts_size(); ++i) {
@@ -85,8 +119,10 @@ grpc::Status GeneratorService::Generate(grpc::ServerContext* context, const v1::
   if (!job.ok()) return ToGrpcStatus(job.status());
   const auto deadline = SteadyDeadline(context);
   const std::string& id = core_->description().generator_id;
-  // Polled often enough that a vanished client frees its slots quickly.
-  constexpr auto kPoll = std::chrono::milliseconds(20);
+  // The sync API has no cancellation callback: poll often enough that a
+  // vanished client frees its slots quickly, rarely enough that handler
+  // wake-ups do not steal the model's cores (rollouts wake it at once).
+  constexpr auto kPoll = std::chrono::milliseconds(100);
   while (true) {
     if (context->IsCancelled()) {
       (*job)->Cancel();
@@ -114,45 +150,133 @@ grpc::Status GeneratorService::Generate(grpc::ServerContext* context, const v1::
 
 namespace {
 
-// The stream to the next generator of the chain.
-struct Relay {
-  std::string address;
-  std::unique_ptr<v1::Generator::Stub> stub;
-  grpc::ClientContext context;
-  v1::WeightUpdateResult result;
-  std::unique_ptr<grpc::ClientWriter<v1::WeightStreamMessage>> writer;
-  bool writable = true;
-
-  void Write(const v1::WeightStreamMessage& msg) {
-    if (writable) writable = writer->Write(msg);
+// The stream to the next generator of the chain. Messages are forwarded as
+// the raw bytes that arrived (the ByteBuffer shares their slices: no copy,
+// no re-serialisation) by a writer thread, so receiving bucket i+1 overlaps
+// with sending bucket i downstream. At most kInFlight messages wait.
+class Relay {
+ public:
+  Relay(const std::string& address, int64_t max_message_bytes,
+        std::chrono::system_clock::time_point deadline)
+      : address_(address), channel_(MakeChannel(address, max_message_bytes)) {
+    if (deadline != std::chrono::system_clock::time_point::max()) context_.set_deadline(deadline);
+    // The generated stub would serialise a WeightStreamMessage; this writes
+    // the received bytes as they are (same method, same wire format).
+    static const char* kMethod = "/spar.v1.Generator/UpdateWeights";
+    grpc::internal::RpcMethod method(kMethod, grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
+    writer_.reset(grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method, &context_,
+                                                                                &result_));
+    thread_ = std::thread([this] { WriteLoop(); });
   }
+  ~Relay() { Abort(); }
+
+  // Queues one message (waits while kInFlight are queued).
+  void Send(const grpc::ByteBuffer& message) {
+    std::unique_lock<std::mutex> lock(mu_);
+    space_.wait(lock, [&] { return queue_.size() < kInFlight || stop_; });
+    if (stop_) return;
+    queue_.push_back(message);
+    ready_.notify_one();
+  }
+  // Cancels the downstream stream (its node keeps its old weights).
   void Abort() {
-    context.TryCancel();
+    if (finished_) return;
+    finished_ = true;
+    context_.TryCancel();
+    Stop(/*writes_done=*/false);
     // The refusal upstream is what matters; the cancelled status says nothing new.
-    grpc::Status ignored = writer->Finish();
+    grpc::Status ignored = writer_->Finish();
     (void)ignored;
   }
-  // The downstream node's result, or one that says why there is none.
+  // Waits until everything queued is written, then the downstream node's
+  // result, or one that says why there is none.
   v1::WeightUpdateResult Finish() {
-    writer->WritesDone();
-    grpc::Status st = writer->Finish();
+    finished_ = true;
+    Stop(/*writes_done=*/true);
+    grpc::Status st = writer_->Finish();
     if (!st.ok()) {
       v1::WeightUpdateResult failed;
-      failed.set_node(result.node().empty() ? address : result.node());
+      failed.set_node(result_.node().empty() ? address_ : result_.node());
       failed.set_applied(false);
-      failed.set_error(FromGrpcStatus(st).WithContext("relay to " + address).ToString());
+      failed.set_error(FromGrpcStatus(st).WithContext("relay to " + address_).ToString());
       return failed;
     }
-    if (result.node().empty()) result.set_node(address);
-    return result;
+    if (result_.node().empty()) result_.set_node(address_);
+    return result_;
   }
+
+ private:
+  static constexpr size_t kInFlight = 2;
+
+  void Stop(bool writes_done) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drain_ = writes_done;
+      stop_ = true;
+    }
+    ready_.notify_all();
+    space_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void WriteLoop() {
+    bool writable = true;
+    while (true) {
+      grpc::ByteBuffer message;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        ready_.wait(lock, [&] { return !queue_.empty() || stop_; });
+        if (queue_.empty() || (stop_ && !drain_)) break;
+        message = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      space_.notify_one();
+      // A failed write means the downstream call is over; Finish says why.
+      if (writable) writable = writer_->Write(message);
+    }
+    if (drain_ && writable) writer_->WritesDone();
+  }
+
+  std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  grpc::ClientContext context_;
+  v1::WeightUpdateResult result_;
+  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer_;
+  std::mutex mu_;
+  std::condition_variable ready_, space_;
+  std::deque<grpc::ByteBuffer> queue_;
+  bool stop_ = false, drain_ = false, finished_ = false;
+  std::thread thread_;
 };
+
+grpc::ByteBuffer ToByteBuffer(const google::protobuf::Message& message) {
+  std::string bytes = message.SerializeAsString();
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+// The first byte of a serialized WeightStreamMessage is its field's tag:
+// 0x1A for a commit (field 3, length-delimited).
+bool IsCommit(const grpc::ByteBuffer& message) {
+  std::vector<grpc::Slice> slices;
+  if (!message.Dump(&slices).ok()) return false;
+  for (const auto& s : slices)
+    if (s.size() > 0) return s.begin()[0] == 0x1A;
+  return false;
+}
 
 }  // namespace
 
-grpc::Status GeneratorService::UpdateWeights(grpc::ServerContext* context,
-                                             grpc::ServerReader<v1::WeightStreamMessage>* reader,
-                                             v1::WeightUpdateResult* response) {
+GeneratorService::GeneratorService(GeneratorCore* core, int64_t max_message_bytes)
+    : core_(core), max_message_bytes_(max_message_bytes) {
+  // UpdateWeights reads raw bytes: buckets are staged straight from the
+  // receive buffers and relayed without re-serialisation. The wire format is
+  // the proto's; only this server's side changes (method 1 of the service).
+  MarkMethodStreamed(1, new grpc::internal::BidiStreamingHandler<GeneratorService, grpc::ByteBuffer, grpc::ByteBuffer>(
+                            &GeneratorService::UpdateWeightsRaw, this));
+}
+
+grpc::Status GeneratorService::UpdateWeightsRaw(grpc::ServerContext* context,
+                                                grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   auto log = Logger("generator");
   const std::string& node = core_->description().generator_id;
   std::unique_lock<std::mutex> lock(update_mu_, std::try_to_lock);
@@ -160,9 +284,10 @@ grpc::Status GeneratorService::UpdateWeights(grpc::ServerContext* context,
     return ToGrpcStatus(Aborted("generator " + node + ": another weight update is in progress"));
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-  WeightStreamAssembler assembler;
+  WeightStreamAssembler& assembler = assembler_;
   std::unique_ptr<Relay> relay;
-  response->set_node(node);
+  v1::WeightUpdateResult response;
+  response.set_node(node);
 
   auto fail = [&](const Status& s) {
     if (relay) relay->Abort();
@@ -170,70 +295,76 @@ grpc::Status GeneratorService::UpdateWeights(grpc::ServerContext* context,
     Status named = s.WithContext("generator " + node + " (version " + std::to_string(assembler.version()) +
                                  ", after " + std::to_string(assembler.buckets_received()) + " buckets)");
     log->warn("weight update refused; still serving version {}: {}", core_->policy_version(), named.ToString());
+    // A stream that broke between buckets can be resumed; a refused one cannot.
+    if (s.code() != StatusCode::kAborted && s.code() != StatusCode::kCancelled) assembler.Reset();
     return ToGrpcStatus(named);
   };
 
-  v1::WeightStreamMessage msg;
+  grpc::ByteBuffer raw;
+  v1::WeightStreamMessage small;
   bool have_header = false;
-  while (reader->Read(&msg)) {
-    switch (msg.kind_case()) {
-      case v1::WeightStreamMessage::kHeader: {
-        if (have_header) return fail(InvalidArgument("header: a second header in one stream"));
-        have_header = true;
-        Status s = assembler.Begin(msg.header());
-        if (!s.ok()) return fail(s);
-        const auto& chain = msg.header().relay_to();
-        if (!chain.empty()) {
-          relay = std::make_unique<Relay>();
-          relay->address = chain[0];
-          relay->stub = v1::Generator::NewStub(MakeChannel(relay->address, max_message_bytes_));
-          if (context->deadline() != std::chrono::system_clock::time_point::max())
-            relay->context.set_deadline(context->deadline());
-          relay->writer = relay->stub->UpdateWeights(&relay->context, &relay->result);
-          v1::WeightStreamMessage forward;
-          *forward.mutable_header() = msg.header();
-          forward.mutable_header()->mutable_relay_to()->erase(forward.mutable_header()->mutable_relay_to()->begin());
-          relay->Write(forward);
-        }
-        break;
+  double receive_seconds = 0;
+  while (stream->Read(&raw)) {
+    if (!have_header) {
+      grpc::ProtoBufferReader in(&raw);
+      auto kind = assembler.ReadMessage(&in, &small);
+      if (!kind.ok()) return fail(kind.status());
+      if (*kind != v1::WeightStreamMessage::kHeader)
+        return fail(InvalidArgument(std::string(*kind == v1::WeightStreamMessage::kBucket ? "bucket" : "commit") +
+                                    ": sent before the header"));
+      have_header = true;
+      Status s = assembler.Begin(small.header());
+      if (!s.ok()) return fail(s);
+      const auto& chain = small.header().relay_to();
+      if (!chain.empty()) {
+        relay = std::make_unique<Relay>(chain[0], max_message_bytes_, context->deadline());
+        v1::WeightStreamMessage forward;
+        *forward.mutable_header() = small.header();
+        forward.mutable_header()->mutable_relay_to()->erase(forward.mutable_header()->mutable_relay_to()->begin());
+        relay->Send(ToByteBuffer(forward));
       }
-      case v1::WeightStreamMessage::kBucket: {
-        if (!have_header) return fail(InvalidArgument("bucket: sent before the header"));
-        if (relay) relay->Write(msg);
-        Status s = assembler.AddBucket(msg.bucket());
-        if (!s.ok()) return fail(s);
-        break;
-      }
-      case v1::WeightStreamMessage::kCommit: {
-        if (!have_header) return fail(InvalidArgument("commit: sent before the header"));
-        const uint64_t bytes = assembler.bytes_received();
-        const uint32_t buckets = assembler.buckets_received();
-        auto staged = assembler.Commit(msg.commit());
-        if (!staged.ok()) return fail(staged.status());
-        // Verified here: let the next node apply while this one does.
-        if (relay) relay->Write(msg);
-        const uint64_t version = staged->version;
-        auto applied = core_->ApplyWeights(std::move(*staged));
-        response->set_bytes_received(bytes);
-        response->set_buckets_received(buckets);
-        response->set_applied(applied.ok());
-        if (!applied.ok()) {
-          response->set_error(applied.status().ToString());
-          log->warn("weight version {} not applied; still serving version {}: {}", version,
-                    core_->policy_version(), applied.status().ToString());
-        }
-        response->set_version(core_->policy_version());
-        if (relay) *response->add_downstream() = relay->Finish();
-        response->set_seconds(elapsed());
-        core_->RecordWeightSync(bytes, elapsed(), applied.ok());
-        if (applied.ok())
-          log->info("applied weight version {} ({:.1f} MB, {} buckets) in {:.2f} s", version, bytes / 1e6,
-                    buckets, elapsed());
-        return grpc::Status::OK;
-      }
-      default:
-        return fail(InvalidArgument("message: neither header, bucket nor commit"));
+      continue;
     }
+    // Buckets go downstream before this node has even looked at them: each
+    // node checks every byte itself, and a bad stream is cancelled along the
+    // chain. The commit goes on only once verified here.
+    const bool commit = IsCommit(raw);
+    if (relay && !commit) relay->Send(raw);
+    grpc::ProtoBufferReader in(&raw);
+    auto kind = assembler.ReadMessage(&in, &small);
+    if (!kind.ok()) return fail(kind.status());
+    if (*kind == v1::WeightStreamMessage::kHeader) return fail(InvalidArgument("header: a second header in one stream"));
+    if (*kind == v1::WeightStreamMessage::kBucket) continue;
+
+    const uint64_t bytes = assembler.bytes_received();
+    const uint32_t buckets = assembler.buckets_received();
+    auto staged = assembler.Commit(small.commit());
+    if (!staged.ok()) return fail(staged.status());
+    receive_seconds = elapsed();
+    // Verified here: let the next node apply while this one does.
+    if (relay) relay->Send(raw);
+    const uint64_t version = staged->version;
+    auto applied = core_->ApplyWeights(*staged);
+    assembler.Recycle(std::move(*staged));
+    response.set_bytes_received(bytes);
+    response.set_buckets_received(buckets);
+    response.set_applied(applied.ok());
+    if (!applied.ok()) {
+      response.set_error(applied.status().ToString());
+      log->warn("weight version {} not applied; still serving version {}: {}", version, core_->policy_version(),
+                applied.status().ToString());
+    }
+    response.set_version(core_->policy_version());
+    if (relay) *response.add_downstream() = relay->Finish();
+    response.set_seconds(elapsed());
+    core_->RecordWeightSync(bytes, elapsed(), applied.ok());
+    if (applied.ok())
+      log->info("applied weight version {} ({:.1f} MB, {} buckets): received and verified in {:.3f} s, applied in "
+                "{:.3f} s, chain done at {:.3f} s",
+                version, bytes / 1e6, buckets, receive_seconds, applied->seconds, elapsed());
+    if (!stream->Write(ToByteBuffer(response)))
+      return ToGrpcStatus(Cancelled("the sender went away before the result"));
+    return grpc::Status::OK;
   }
   if (context->IsCancelled()) return fail(Cancelled("the sender cancelled the weight stream"));
   return fail(Aborted(have_header ? "the weight stream ended without a commit"

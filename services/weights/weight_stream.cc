@@ -1,8 +1,13 @@
 #include "services/weights/weight_stream.h"
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <set>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <xxhash.h>
 
 namespace spar {
@@ -134,10 +139,30 @@ Result<v1::WeightStreamCommit> WeightStreamWriter::Commit() const {
 void WeightStreamAssembler::Reset() {
   active_ = false;
   header_.Clear();
+  open_ = OpenBucket();
+  for (auto& [name, t] : staged_.tensors) spare_[name] = std::move(t);
   staged_ = StagedWeights();
   checksums_.clear();
   bytes_received_ = 0;
   staged_bytes_ = 0;
+}
+
+void WeightStreamAssembler::Recycle(StagedWeights&& used) {
+  for (auto& [name, t] : used.tensors) spare_[name] = std::move(t);
+  used.tensors.clear();
+}
+
+StagedTensor WeightStreamAssembler::TakeBuffer(const std::string& name, uint64_t nbytes) {
+  StagedTensor t;
+  auto it = spare_.find(name);
+  if (it != spare_.end() && it->second.bytes.size() == nbytes) {
+    t.bytes = std::move(it->second.bytes);
+    spare_.erase(it);
+  } else {
+    if (it != spare_.end()) spare_.erase(it);
+    t.bytes.resize(nbytes);
+  }
+  return t;
 }
 
 Status WeightStreamAssembler::Begin(const v1::WeightStreamHeader& header) {
@@ -168,52 +193,233 @@ Status WeightStreamAssembler::Begin(const v1::WeightStreamHeader& header) {
   return Status::Ok();
 }
 
-Status WeightStreamAssembler::AddBucket(const v1::WeightBucket& bucket) {
-  const std::string where = "weight bucket " + std::to_string(bucket.index());
+Status WeightStreamAssembler::BeginBucket(uint64_t version, uint32_t index,
+                                          const google::protobuf::RepeatedPtrField<v1::TensorSlice>& slices,
+                                          uint64_t data_size) {
+  open_ = OpenBucket();
+  open_.where = "weight bucket " + std::to_string(index);
+  const std::string& where = open_.where;
   if (!active_) return FailedPrecondition(where + ": no stream header before it");
-  if (bucket.version() != staged_.version)
-    return InvalidArgument(where + ": version " + std::to_string(bucket.version()) +
-                           " in a stream of version " + std::to_string(staged_.version));
-  if (bucket.index() != buckets_received())
+  if (version != staged_.version)
+    return InvalidArgument(where + ": version " + std::to_string(version) + " in a stream of version " +
+                           std::to_string(staged_.version));
+  if (index != buckets_received())
     return InvalidArgument(where + ": out of order, expected bucket " + std::to_string(buckets_received()));
-  if (bucket.index() >= header_.bucket_count())
+  if (index >= header_.bucket_count())
     return InvalidArgument(where + ": beyond the announced " + std::to_string(header_.bucket_count()) + " buckets");
-  const std::string& data = bucket.data();
-  if (Checksum(data.data(), data.size()) != bucket.checksum())
-    return DataLoss(where + ": checksum mismatch (corrupted in transit?)");
-  for (int i = 0; i < bucket.tensors_size(); ++i) {
-    const auto& s = bucket.tensors(i);
+  if (data_size > header_.total_bytes() - bytes_received_)
+    return InvalidArgument(where + ": " + std::to_string(data_size) +
+                           " bytes of data, more than the announced total_bytes leaves");
+  open_.index = index;
+  open_.size = data_size;
+  for (int i = 0; i < slices.size(); ++i) {
+    const auto& s = slices.Get(i);
     const std::string at = where + " slice " + std::to_string(i) + " ('" + s.name() + "')";
-    if (s.offset() > data.size() || s.nbytes() > data.size() - s.offset())
-      return InvalidArgument(at + ": outside the bucket's data");
+    Status bad;
+    if (s.offset() > data_size || s.nbytes() > data_size - s.offset())
+      bad = InvalidArgument(at + ": outside the bucket's data");
     auto it = staged_.tensors.find(s.name());
-    if (it == staged_.tensors.end()) {
-      if (staged_.tensors.size() >= header_.tensor_count())
-        return InvalidArgument(at + ": more tensors than the announced " + std::to_string(header_.tensor_count()));
-      std::vector<int64_t> shape(s.shape().begin(), s.shape().end());
-      SPAR_RETURN_IF_ERROR(CheckShape(at, s.dtype(), shape, s.tensor_nbytes()));
-      if (staged_bytes_ + s.tensor_nbytes() > header_.total_bytes())
-        return InvalidArgument(at + ": tensors add up to more than the announced total_bytes");
-      StagedTensor t;
-      t.dtype = s.dtype();
-      t.shape = std::move(shape);
-      t.bytes.resize(s.tensor_nbytes());
-      staged_bytes_ += s.tensor_nbytes();
-      it = staged_.tensors.emplace(s.name(), std::move(t)).first;
+    if (bad.ok() && it == staged_.tensors.end()) {
+      if (staged_.tensors.size() >= header_.tensor_count()) {
+        bad = InvalidArgument(at + ": more tensors than the announced " + std::to_string(header_.tensor_count()));
+      } else {
+        std::vector<int64_t> shape(s.shape().begin(), s.shape().end());
+        bad = CheckShape(at, s.dtype(), shape, s.tensor_nbytes());
+        if (bad.ok() && staged_bytes_ + s.tensor_nbytes() > header_.total_bytes())
+          bad = InvalidArgument(at + ": tensors add up to more than the announced total_bytes");
+        if (bad.ok()) {
+          StagedTensor t = TakeBuffer(s.name(), s.tensor_nbytes());
+          t.dtype = s.dtype();
+          t.shape = std::move(shape);
+          t.filled = 0;
+          staged_bytes_ += s.tensor_nbytes();
+          it = staged_.tensors.emplace(s.name(), std::move(t)).first;
+        }
+      }
     }
-    StagedTensor& t = it->second;
-    if (t.dtype != s.dtype() || s.tensor_nbytes() != t.bytes.size() ||
-        !std::equal(t.shape.begin(), t.shape.end(), s.shape().begin(), s.shape().end()))
-      return InvalidArgument(at + ": dtype or shape differs from its earlier pieces");
-    if (s.tensor_offset() != t.filled || s.nbytes() > t.bytes.size() - t.filled)
-      return InvalidArgument(at + ": piece at byte " + std::to_string(s.tensor_offset()) +
-                             " does not continue the tensor (have " + std::to_string(t.filled) + " bytes)");
-    if (s.nbytes()) std::memcpy(t.bytes.data() + t.filled, data.data() + s.offset(), s.nbytes());
-    t.filled += s.nbytes();
+    if (bad.ok()) {
+      StagedTensor& t = it->second;
+      if (t.dtype != s.dtype() || s.tensor_nbytes() != t.bytes.size() ||
+          !std::equal(t.shape.begin(), t.shape.end(), s.shape().begin(), s.shape().end()))
+        bad = InvalidArgument(at + ": dtype or shape differs from its earlier pieces");
+      else if (s.tensor_offset() != t.filled || s.nbytes() > t.bytes.size() - t.filled)
+        bad = InvalidArgument(at + ": piece at byte " + std::to_string(s.tensor_offset()) +
+                              " does not continue the tensor (have " + std::to_string(t.filled) + " bytes)");
+      if (bad.ok()) {
+        open_.undo.emplace_back(&t, t.filled);
+        if (s.nbytes()) open_.pieces.push_back({s.offset(), s.nbytes(), t.bytes.data() + t.filled});
+        t.filled += s.nbytes();
+      }
+    }
+    if (!bad.ok()) {
+      RollBack();
+      return bad;
+    }
   }
-  checksums_.push_back(bucket.checksum());
-  bytes_received_ += data.size();
+  std::sort(open_.pieces.begin(), open_.pieces.end(),
+            [](const CopyPiece& a, const CopyPiece& b) { return a.offset < b.offset; });
+  for (size_t i = 1; i < open_.pieces.size(); ++i)
+    if (open_.pieces[i - 1].offset + open_.pieces[i - 1].nbytes > open_.pieces[i].offset) {
+      RollBack();
+      return InvalidArgument(where + ": slices overlap in the bucket's data");
+    }
+  XXH3_state_t* state = XXH3_createState();
+  if (!state || XXH3_64bits_reset(state) != XXH_OK) {
+    if (state) XXH3_freeState(state);
+    RollBack();
+    return Internal(where + ": cannot start a checksum");
+  }
+  open_.hash = std::shared_ptr<void>(state, [](void* p) { XXH3_freeState(static_cast<XXH3_state_t*>(p)); });
   return Status::Ok();
+}
+
+void WeightStreamAssembler::BucketData(const char* data, size_t size) {
+  // Bytes arrive in order; each chunk is hashed and copied while in cache.
+  if (size > open_.size - open_.consumed) size = open_.size - open_.consumed;  // caller guarantees; be safe
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(open_.hash.get()), data, size);
+  const uint64_t begin = open_.consumed, end = begin + size;
+  while (open_.next_piece < open_.pieces.size()) {
+    const CopyPiece& p = open_.pieces[open_.next_piece];
+    if (p.offset >= end) break;
+    const uint64_t from = std::max(p.offset, begin);
+    const uint64_t to = std::min(p.offset + p.nbytes, end);
+    if (to > from) std::memcpy(p.dest + (from - p.offset), data + (from - begin), to - from);
+    if (p.offset + p.nbytes > end) break;
+    ++open_.next_piece;
+  }
+  open_.consumed = end;
+}
+
+Status WeightStreamAssembler::EndBucket(uint64_t checksum) {
+  if (open_.consumed != open_.size) {
+    RollBack();
+    return DataLoss(open_.where + ": data ended after " + std::to_string(open_.consumed) + " of " +
+                    std::to_string(open_.size) + " bytes");
+  }
+  if (XXH3_64bits_digest(static_cast<XXH3_state_t*>(open_.hash.get())) != checksum) {
+    const std::string where = open_.where;
+    RollBack();
+    return DataLoss(where + ": checksum mismatch (corrupted in transit?)");
+  }
+  checksums_.push_back(checksum);
+  bytes_received_ += open_.size;
+  open_ = OpenBucket();
+  return Status::Ok();
+}
+
+void WeightStreamAssembler::RollBack() {
+  for (auto it = open_.undo.rbegin(); it != open_.undo.rend(); ++it) it->first->filled = it->second;
+  open_ = OpenBucket();
+}
+
+Status WeightStreamAssembler::AddBucket(const v1::WeightBucket& bucket) {
+  SPAR_RETURN_IF_ERROR(BeginBucket(bucket.version(), bucket.index(), bucket.tensors(), bucket.data().size()));
+  BucketData(bucket.data().data(), bucket.data().size());
+  return EndBucket(bucket.checksum());
+}
+
+namespace {
+
+using google::protobuf::internal::WireFormatLite;
+
+Status Malformed(const std::string& what) {
+  return InvalidArgument("weight stream message: " + what + " (not a spar.v1.WeightStreamMessage?)");
+}
+
+}  // namespace
+
+Result<v1::WeightStreamMessage::KindCase> WeightStreamAssembler::ReadMessage(
+    google::protobuf::io::ZeroCopyInputStream* in, v1::WeightStreamMessage* small) {
+  namespace io = google::protobuf::io;
+  small->Clear();
+  io::CodedInputStream cis(in);
+  cis.SetTotalBytesLimit(INT_MAX);
+  auto kind = v1::WeightStreamMessage::KIND_NOT_SET;
+  std::string scratch;
+  while (true) {
+    const uint32_t tag = cis.ReadTag();
+    if (tag == 0) break;
+    const int field = WireFormatLite::GetTagFieldNumber(tag);
+    const bool length_delimited =
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+    if (field < 1 || field > 3 || !length_delimited) {
+      if (!WireFormatLite::SkipField(&cis, tag)) return Malformed("truncated unknown field");
+      continue;
+    }
+    if (kind != v1::WeightStreamMessage::KIND_NOT_SET) return Malformed("more than one of header, bucket, commit");
+    uint32_t length = 0;
+    if (!cis.ReadVarint32(&length)) return Malformed("truncated length");
+    if (field != 2) {
+      if (!cis.ReadString(&scratch, static_cast<int>(length))) return Malformed("truncated header or commit");
+      const bool parsed = field == 1 ? small->mutable_header()->ParseFromString(scratch)
+                                     : small->mutable_commit()->ParseFromString(scratch);
+      if (!parsed) return Malformed(field == 1 ? "unreadable header" : "unreadable commit");
+      kind = field == 1 ? v1::WeightStreamMessage::kHeader : v1::WeightStreamMessage::kCommit;
+      continue;
+    }
+    // A bucket: metadata first (the writer's order), then the data is staged
+    // from the input's own buffers. Data that comes before its slices (legal
+    // protobuf, never what WeightStreamWriter sends) is read aside first.
+    kind = v1::WeightStreamMessage::kBucket;
+    const auto limit = cis.PushLimit(static_cast<int>(length));
+    v1::WeightBucket meta;
+    bool have_data = false, streamed = false;
+    std::string aside;
+    auto fail = [&](const std::string& what) {
+      if (streamed) RollBack();
+      return Malformed(what);
+    };
+    while (true) {
+      const uint32_t t = cis.ReadTag();
+      if (t == 0) break;
+      const int f = WireFormatLite::GetTagFieldNumber(t);
+      const auto wire = WireFormatLite::GetTagWireType(t);
+      if ((f == 1 || f == 2 || f == 3) && streamed) return fail("bucket metadata after its data");
+      if ((f == 1 || f == 2 || f == 5) && wire == WireFormatLite::WIRETYPE_VARINT) {
+        uint64_t v = 0;
+        if (!cis.ReadVarint64(&v)) return fail("truncated bucket field");
+        if (f == 1) meta.set_version(v);
+        if (f == 2) meta.set_index(static_cast<uint32_t>(v));
+        if (f == 5) meta.set_checksum(v);
+      } else if (f == 3 && wire == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+        if (!WireFormatLite::ReadMessage(&cis, meta.add_tensors())) return fail("unreadable tensor slice");
+      } else if (f == 4 && wire == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+        if (have_data) return fail("bucket data given twice");
+        have_data = true;
+        uint32_t size = 0;
+        if (!cis.ReadVarint32(&size)) return fail("truncated bucket data");
+        if (meta.tensors_size() == 0) {
+          if (!cis.ReadString(&aside, static_cast<int>(size))) return fail("truncated bucket data");
+          continue;
+        }
+        SPAR_RETURN_IF_ERROR(BeginBucket(meta.version(), meta.index(), meta.tensors(), size));
+        streamed = true;
+        uint64_t left = size;
+        while (left > 0) {
+          const void* p = nullptr;
+          int avail = 0;
+          if (!cis.GetDirectBufferPointer(&p, &avail) || avail <= 0) return fail("truncated bucket data");
+          const size_t take = static_cast<size_t>(std::min<uint64_t>(left, static_cast<uint64_t>(avail)));
+          BucketData(static_cast<const char*>(p), take);
+          if (!cis.Skip(static_cast<int>(take))) return fail("truncated bucket data");
+          left -= take;
+        }
+      } else if (!WireFormatLite::SkipField(&cis, t)) {
+        return fail("truncated bucket field");
+      }
+    }
+    if (!cis.ConsumedEntireMessage()) return fail("bucket ends inside a field");
+    cis.PopLimit(limit);
+    if (streamed) {
+      SPAR_RETURN_IF_ERROR(EndBucket(meta.checksum()));
+    } else {
+      SPAR_RETURN_IF_ERROR(BeginBucket(meta.version(), meta.index(), meta.tensors(), aside.size()));
+      BucketData(aside.data(), aside.size());
+      SPAR_RETURN_IF_ERROR(EndBucket(meta.checksum()));
+    }
+  }
+  if (kind == v1::WeightStreamMessage::KIND_NOT_SET) return Malformed("neither header, bucket nor commit");
+  return kind;
 }
 
 Result<StagedWeights> WeightStreamAssembler::Commit(const v1::WeightStreamCommit& commit) {

@@ -9,19 +9,31 @@
 // XXH3-64 of its data; the commit carries XXH3-64 over the bucket checksums.
 //
 // Copies: the writer copies each byte once (tensor -> bucket message); the
-// assembler copies each byte once (bucket -> staging buffer). Applying the
-// staged weights to a model is the service's job.
+// assembler copies each byte once (bucket -> staging buffer), hashing it
+// while it is in cache. ReadMessage() stages a bucket straight from the
+// receive buffers of a serialized message (gRPC slices), so the bucket's data
+// is never materialised as a std::string on the receiving side. The staging
+// buffers are kept across streams (Recycle(), and Reset() of a failed one):
+// the next version is written into memory that is already mapped, which on a
+// VM with expensive page faults is most of the cost of a fresh buffer.
+// Applying the staged weights to a model is the service's job.
 //
 // Thread safety: neither class is thread-safe; each serves one stream.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
 #include "spar/v1/common.pb.h"
+
+namespace google::protobuf::io {
+class ZeroCopyInputStream;
+}
 
 namespace spar {
 
@@ -93,13 +105,27 @@ class WeightStreamAssembler {
   // header; FailedPrecondition for a resume that does not line up.
   Status Begin(const v1::WeightStreamHeader& header);
   // Checks and stages one bucket: right version, next index, checksum,
-  // slices inside the data, consistent names/dtypes/shapes, no byte of a
-  // tensor written twice. DataLoss for a checksum mismatch.
+  // slices inside the data and not overlapping, consistent
+  // names/dtypes/shapes, no byte of a tensor written twice. DataLoss for a
+  // checksum mismatch. A refused bucket leaves the stream where it was (it
+  // can be sent again, e.g. on a resumed stream).
   Status AddBucket(const v1::WeightBucket& bucket);
+  // Reads one serialized WeightStreamMessage from `in` (to its end). A
+  // header or commit is parsed into *small and its kind returned (the caller
+  // passes it to Begin / Commit); a bucket is checked and staged here as
+  // AddBucket would, its data copied straight from the input's buffers into
+  // the staging tensors (kBucket is returned). InvalidArgument for bytes that
+  // are not a WeightStreamMessage; AddBucket's errors for a bad bucket.
+  Result<v1::WeightStreamMessage::KindCase> ReadMessage(google::protobuf::io::ZeroCopyInputStream* in,
+                                                        v1::WeightStreamMessage* small);
+  // Gives staged weights (already applied or dropped) back, so their buffers
+  // serve the next stream instead of fresh allocations.
+  void Recycle(StagedWeights&& used);
   // Verifies the manifest and that every tensor is complete; hands over the
   // staged weights and resets. Nothing is returned unless all of it holds.
   Result<StagedWeights> Commit(const v1::WeightStreamCommit& commit);
 
+  // Drops the stream in progress (its buffers are kept for the next one).
   void Reset();
   bool active() const { return active_; }
   uint64_t version() const { return staged_.version; }
@@ -107,8 +133,37 @@ class WeightStreamAssembler {
   uint64_t bytes_received() const { return bytes_received_; }
 
  private:
+  // One copy of bucket bytes into a staging tensor.
+  struct CopyPiece {
+    uint64_t offset;  // in the bucket's data
+    uint64_t nbytes;
+    char* dest;
+  };
+  // The bucket being staged: its copy plan, hash and what to undo if refused.
+  struct OpenBucket {
+    std::string where;
+    uint32_t index = 0;
+    uint64_t size = 0;
+    uint64_t consumed = 0;
+    size_t next_piece = 0;
+    std::vector<CopyPiece> pieces;  // sorted by offset
+    std::vector<std::pair<StagedTensor*, uint64_t>> undo;  // tensor, filled before
+    std::shared_ptr<void> hash;     // XXH3 state
+  };
+  // Validates the bucket's metadata and plans its copies (BeginBucket),
+  // copies and hashes data in pieces (BucketData), checks the checksum and
+  // records the bucket (EndBucket). On any error the bucket is rolled back.
+  Status BeginBucket(uint64_t version, uint32_t index,
+                     const google::protobuf::RepeatedPtrField<v1::TensorSlice>& slices, uint64_t data_size);
+  void BucketData(const char* data, size_t size);
+  Status EndBucket(uint64_t checksum);
+  void RollBack();
+  StagedTensor TakeBuffer(const std::string& name, uint64_t nbytes);
+
   uint64_t max_total_bytes_;
   bool active_ = false;
+  OpenBucket open_;
+  std::map<std::string, StagedTensor> spare_;  // buffers of earlier streams
   v1::WeightStreamHeader header_;
   StagedWeights staged_;
   std::vector<uint64_t> checksums_;

@@ -1,5 +1,6 @@
 // The Generator gRPC service over real loopback gRPC with a tiny real model.
 #include <cmath>
+#include <set>
 #include <thread>
 
 #include "services/common/grpc_status.h"
@@ -187,6 +188,63 @@ TEST_F(GeneratorServiceTest, BadRequestsNameTheFieldAndServerKeepsServing) {
   EXPECT_EQ(ok.rollouts.size(), 2u);
 }
 
+// `message` with an extra varint field `number` that spar.v1 does not define.
+template <typename M>
+void AddUnknownField(M* message, int number) {
+  std::string bytes = message->SerializeAsString();
+  bytes.push_back(static_cast<char>((number << 3) & 0x7f) | static_cast<char>(0x80));
+  bytes.push_back(static_cast<char>(number >> 4));
+  bytes.push_back(0x01);
+  ASSERT_TRUE(message->ParseFromString(bytes));
+  ASSERT_FALSE(message->GetReflection()->GetUnknownFields(*message).empty());
+}
+
+TEST_F(GeneratorServiceTest, UnknownFieldsAndOversizedRequestsAreRefused) {
+  {  // At the top level and nested: refused, naming where.
+    auto req = Request("fine", 1, 1);
+    AddUnknownField(&req, 99);
+    EXPECT_FALSE(RejectUnknownFields(req, "request").ok());
+    auto out = Generate(gen_->stub.get(), req);
+    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(out.status.error_message().find("unknown field number(s) 99"), std::string::npos)
+        << out.status.error_message();
+    req = Request("fine", 1, 1);
+    AddUnknownField(req.mutable_sampling(), 77);
+    out = Generate(gen_->stub.get(), req);
+    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(out.status.error_message().find("request.sampling"), std::string::npos) << out.status.error_message();
+  }
+  {  // A prompt over the byte limit (before any tokenising).
+    auto req = Request("x", 1, 1);
+    req.mutable_prompts(0)->set_text(std::string(2 << 20, 'a'));
+    auto out = Generate(gen_->stub.get(), req);
+    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(out.status.error_message().find("text"), std::string::npos) << out.status.error_message();
+    EXPECT_NE(out.status.error_message().find("bytes"), std::string::npos) << out.status.error_message();
+  }
+  {  // A message over the transport's limit: RESOURCE_EXHAUSTED from gRPC.
+    GeneratorConfig config = TinyGeneratorConfig("gen-small-limit");
+    auto small = std::make_unique<RunningGenerator>();
+    auto core = CreateGeneratorCore(config, nullptr);
+    ASSERT_TRUE(core.ok());
+    small->core = std::move(*core);
+    small->service = std::make_unique<GeneratorService>(small->core.get());
+    GrpcServerOptions options;
+    options.max_message_bytes = 1 << 20;
+    auto server = StartGrpcServer(options, {small->service.get()});
+    ASSERT_TRUE(server.ok());
+    small->server = std::move(*server);
+    small->stub = v1::Generator::NewStub(MakeChannel(small->server.address));
+    auto req = Request("x", 1, 1);
+    req.mutable_prompts(0)->set_text(std::string(3 << 20, 'a'));
+    auto out = Generate(small->stub.get(), req);
+    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << out.status.error_message();
+    EXPECT_TRUE(Generate(small->stub.get(), Request("still serving", 1, 1)).status.ok());
+  }
+  auto ok = Generate(gen_->stub.get(), Request("still here", 2, 1));
+  EXPECT_TRUE(ok.status.ok());
+}
+
 TEST_F(GeneratorServiceTest, ClientCancellationFreesSlots) {
   auto req = Request("a long story", 6, 3, 230);
   grpc::ClientContext ctx;
@@ -245,6 +303,54 @@ TEST_F(GeneratorServiceTest, WeightUpdateBumpsVersionAndChangesOutputs) {
   auto repeated = PublishWeights(*again, {gen_->server.address}, std::chrono::seconds(60));
   EXPECT_FALSE(repeated.ok());
   EXPECT_EQ(Info(gen_->stub.get()).policy_version(), 1u);
+}
+
+TEST_F(GeneratorServiceTest, RolloutsDuringAnUpdateCarryTheVersionThatMadeThemWhole) {
+  // Greedy rollouts of one prompt are a function of the weights alone: each
+  // rollout made during the update must equal the version-0 or the version-1
+  // answer, matching its tag; a rollout that mixed versions would match
+  // neither.
+  auto greedy = [&](int32_t max_new) {
+    auto req = Request("Tell me about versions", 1, 0, max_new);
+    req.mutable_sampling()->set_temperature(0);
+    return req;
+  };
+  auto tokens = [](const v1::Rollout& r) { return std::vector<int32_t>(r.token_ids().begin(), r.token_ids().end()); };
+  auto v0 = Generate(gen_->stub.get(), greedy(40));
+  ASSERT_TRUE(v0.status.ok());
+  ASSERT_EQ(v0.rollouts.size(), 1u);
+  auto weights = NewTinyWeights(21);
+  auto writer = WeightStreamWriter::Create(1, weights.views, 8 << 20);
+  ASSERT_TRUE(writer.ok());
+
+  std::vector<Collected> during(6);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < during.size(); ++i)
+    clients.emplace_back([&, i] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(40 * i));
+      during[i] = Generate(gen_->stub.get(), greedy(40));
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  auto published = PublishWeights(*writer, {gen_->server.address}, std::chrono::seconds(60));
+  for (auto& t : clients) t.join();
+  ASSERT_TRUE(published.ok()) << published.status().ToString();
+  auto v1_answer = Generate(gen_->stub.get(), greedy(40));
+  ASSERT_TRUE(v1_answer.status.ok());
+  ASSERT_EQ(v1_answer.rollouts[0].policy_version(), 1u);
+  ASSERT_NE(tokens(v0.rollouts[0]), tokens(v1_answer.rollouts[0]));
+  std::set<uint64_t> versions;
+  for (const auto& d : during) {
+    ASSERT_TRUE(d.status.ok()) << d.status.error_message();
+    ASSERT_EQ(d.rollouts.size(), 1u);
+    const auto& r = d.rollouts[0];
+    versions.insert(r.policy_version());
+    const auto& expected = r.policy_version() == 0 ? v0.rollouts[0] : v1_answer.rollouts[0];
+    ASSERT_LE(r.policy_version(), 1u);
+    EXPECT_EQ(tokens(r), tokens(expected)) << "a rollout tagged " << r.policy_version() << " is not that version's";
+    ASSERT_EQ(r.logprobs_size(), expected.logprobs_size());
+    for (int k = 0; k < r.logprobs_size(); ++k) EXPECT_NEAR(r.logprobs(k), expected.logprobs(k), 1e-4);
+  }
+  EXPECT_EQ(versions.count(0u) + versions.count(1u), versions.size());
 }
 
 TEST_F(GeneratorServiceTest, CorruptBucketIsRefusedAndOldWeightsServe) {
@@ -330,6 +436,144 @@ TEST_F(GeneratorServiceTest, RelayChainOfTwoEndsAtTheNewVersion) {
   EXPECT_FALSE(partial.ok());
   EXPECT_EQ(partial.status().code(), StatusCode::kAborted) << partial.status().ToString();
   EXPECT_EQ(Info(gen_->stub.get()).policy_version(), 2u);
+}
+
+// Greedy rollouts (tokens and log-probs) of a few prompts: equal on two
+// generators only if their weights are equal (to float precision).
+std::vector<v1::Rollout> Fingerprint(v1::Generator::Stub* stub) {
+  std::vector<v1::Rollout> out;
+  for (const char* text : {"The weights decide", "Count to five:", "A haiku about rivers"}) {
+    auto req = Request(text, 1, 0, 8);
+    req.mutable_sampling()->set_temperature(0);
+    auto r = Generate(stub, req);
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+    for (auto& x : r.rollouts) out.push_back(x);
+  }
+  return out;
+}
+
+void ExpectSameRollouts(const std::vector<v1::Rollout>& a, const std::vector<v1::Rollout>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(std::vector<int32_t>(a[i].token_ids().begin(), a[i].token_ids().end()),
+              std::vector<int32_t>(b[i].token_ids().begin(), b[i].token_ids().end()));
+    ASSERT_EQ(a[i].logprobs_size(), b[i].logprobs_size());
+    for (int j = 0; j < a[i].logprobs_size(); ++j) EXPECT_FLOAT_EQ(a[i].logprobs(j), b[i].logprobs(j));
+    EXPECT_EQ(a[i].policy_version(), b[i].policy_version());
+  }
+}
+
+TEST_F(GeneratorServiceTest, RelayChainOfThreeEndsWithIdenticalWeights) {
+  auto second = StartGenerator(TinyGeneratorConfig("gen-b"));
+  auto third = StartGenerator(TinyGeneratorConfig("gen-c"));
+  ASSERT_NE(second, nullptr);
+  ASSERT_NE(third, nullptr);
+  const auto before = Fingerprint(gen_->stub.get());
+  auto weights = NewTinyWeights(11);
+  // Many small buckets: the chain relays each as soon as it arrives.
+  auto writer = WeightStreamWriter::Create(1, weights.views, 4 << 20);
+  ASSERT_TRUE(writer.ok());
+  ASSERT_GT(writer->bucket_count(), 10u);
+  auto published = PublishWeights(*writer, {gen_->server.address, second->server.address, third->server.address},
+                                  std::chrono::seconds(60));
+  ASSERT_TRUE(published.ok()) << published.status().ToString();
+  const v1::WeightUpdateResult* node = &published->result;
+  for (const char* id : {"gen-a", "gen-b", "gen-c"}) {
+    EXPECT_EQ(node->node(), id);
+    EXPECT_TRUE(node->applied()) << node->error();
+    EXPECT_EQ(node->version(), 1u);
+    EXPECT_EQ(node->bytes_received(), writer->total_bytes());
+    EXPECT_EQ(node->buckets_received(), writer->bucket_count());
+    if (std::string(id) == "gen-c") {
+      EXPECT_EQ(node->downstream_size(), 0);
+    } else {
+      ASSERT_EQ(node->downstream_size(), 1);
+      node = &node->downstream(0);
+    }
+  }
+  const auto a = Fingerprint(gen_->stub.get());
+  const auto b = Fingerprint(second->stub.get());
+  const auto c = Fingerprint(third->stub.get());
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a[0].policy_version(), 1u);
+  ExpectSameRollouts(a, b);
+  ExpectSameRollouts(a, c);
+  bool changed = false;
+  for (size_t i = 0; i < a.size() && i < before.size(); ++i)
+    changed = changed || a[i].logprobs(0) != before[i].logprobs(0);
+  EXPECT_TRUE(changed) << "the new weights should change the model's log-probs";
+
+  // A corrupt bucket in the middle of the chain's stream: every node refuses
+  // it (the head first, which cancels the rest) and all keep version 1.
+  {
+    auto other = NewTinyWeights(12);
+    auto bad = WeightStreamWriter::Create(2, other.views, 4 << 20);
+    ASSERT_TRUE(bad.ok());
+    grpc::ClientContext ctx;
+    v1::WeightUpdateResult result;
+    auto stream = gen_->stub->UpdateWeights(&ctx, &result);
+    v1::WeightStreamMessage msg;
+    *msg.mutable_header() = bad->Header({second->server.address, third->server.address});
+    bool ok = stream->Write(msg);
+    for (uint32_t i = 0; ok && i < bad->bucket_count(); ++i) {
+      msg.Clear();
+      bad->FillBucket(i, msg.mutable_bucket());
+      if (i == 3) (*msg.mutable_bucket()->mutable_data())[7] ^= 0x01;
+      ok = stream->Write(msg);
+    }
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DATA_LOSS);
+  }
+  for (auto* stub : {gen_->stub.get(), second->stub.get(), third->stub.get()})
+    EXPECT_EQ(Info(stub).policy_version(), 1u);
+  ExpectSameRollouts(a, Fingerprint(third->stub.get()));
+}
+
+TEST_F(GeneratorServiceTest, StreamCutBetweenBucketsCanBeResumed) {
+  auto weights = NewTinyWeights(13);
+  auto writer = WeightStreamWriter::Create(1, weights.views, 4 << 20);
+  ASSERT_TRUE(writer.ok());
+  ASSERT_GT(writer->bucket_count(), 4u);
+  std::vector<v1::WeightBucket> buckets(writer->bucket_count());
+  for (uint32_t i = 0; i < writer->bucket_count(); ++i) writer->FillBucket(i, &buckets[i]);
+  {  // The first three buckets, then the sender goes away.
+    grpc::ClientContext ctx;
+    v1::WeightUpdateResult result;
+    auto stream = gen_->stub->UpdateWeights(&ctx, &result);
+    v1::WeightStreamMessage msg;
+    *msg.mutable_header() = writer->Header();
+    ASSERT_TRUE(stream->Write(msg));
+    for (uint32_t i = 0; i < 3; ++i) {
+      *msg.mutable_bucket() = buckets[i];
+      ASSERT_TRUE(stream->Write(msg));
+    }
+    stream->WritesDone();
+    grpc::Status st = stream->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("after 3 buckets"), std::string::npos) << st.error_message();
+  }
+  EXPECT_EQ(Info(gen_->stub.get()).policy_version(), 0u);
+  {  // The rest, on a new stream that resumes at bucket 3.
+    grpc::ClientContext ctx;
+    v1::WeightUpdateResult result;
+    auto stream = gen_->stub->UpdateWeights(&ctx, &result);
+    v1::WeightStreamMessage msg;
+    *msg.mutable_header() = writer->Header();
+    msg.mutable_header()->set_resume_from_bucket(3);
+    ASSERT_TRUE(stream->Write(msg));
+    for (uint32_t i = 3; i < buckets.size(); ++i) {
+      *msg.mutable_bucket() = buckets[i];
+      ASSERT_TRUE(stream->Write(msg));
+    }
+    *msg.mutable_commit() = *writer->Commit();
+    ASSERT_TRUE(stream->Write(msg));
+    stream->WritesDone();
+    grpc::Status st = stream->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_TRUE(result.applied()) << result.error();
+    EXPECT_EQ(result.version(), 1u);
+  }
+  EXPECT_EQ(Info(gen_->stub.get()).policy_version(), 1u);
 }
 
 TEST_F(GeneratorServiceTest, HealthSaysServing) {

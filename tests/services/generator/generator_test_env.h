@@ -1,9 +1,12 @@
-// A tiny real model folder (built once per test binary) and generators
+// A tiny real model folder (built once per build and cached on disk) and generators
 // served over real loopback gRPC, for the generator's test suites.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,19 +21,68 @@
 
 namespace spar::testing {
 
+// Where shared test fixtures are cached: <build dir>/test-cache (the first
+// folder above the test binary that holds CMakeCache.txt), else the temp dir.
+inline std::filesystem::path TestCacheRoot() {
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec)
+    for (auto dir = exe.parent_path(); dir.has_relative_path(); dir = dir.parent_path())
+      if (std::filesystem::exists(dir / "CMakeCache.txt", ec)) return dir / "test-cache";
+  return std::filesystem::temp_directory_path() / "spar-test-cache";
+}
+
 // The folder of the tiny Llama (seed 7) with the real Llama-3 tokenizer, or
 // "" when the tokenizer files are absent (tests skip then).
+//
+// gtest_discover_tests runs every TEST in its own process, so the 66 MB
+// folder is built once per build of the test binary and shared on disk: its
+// name carries the binary's size and mtime (a rebuilt binary, which may write
+// models differently, gets a fresh one). Concurrent test processes each
+// build into a private temp folder and rename it into place; rename is
+// atomic, so a reader sees a complete folder or none, and a loser of the
+// race drops its copy. Folders of older binaries are removed after an hour.
 inline const std::string& TinyModelDir() {
-  static TempDir* dir = new TempDir();  // lives until exit
   static std::string path = [] {
+    namespace fs = std::filesystem;
     auto tok = TokenizerDir("llama3");
     if (tok.empty()) return std::string();
+    std::error_code ec;
+    const auto exe = fs::read_symlink("/proc/self/exe", ec);
+    std::string stamp = "unknown";
+    if (!ec) {
+      const auto size = fs::file_size(exe, ec);
+      const auto mtime = fs::last_write_time(exe, ec).time_since_epoch().count();
+      stamp = exe.filename().string() + "-" + std::to_string(size) + "-" + std::to_string(mtime);
+    }
+    const fs::path root = TestCacheRoot();
+    const std::string prefix = "tiny-llama-seed7-";
+    const fs::path final_dir = root / (prefix + stamp);
+    if (fs::exists(final_dir / "config.json", ec)) return final_dir.string();
+    fs::create_directories(root, ec);
+    const fs::path tmp = root / (".tmp-" + std::to_string(::getpid()) + "-" + stamp);
+    fs::remove_all(tmp, ec);
     auto cfg = *ModelConfig::Preset("llama", "tiny");
     auto m = CreateCausalLM(cfg, 7);
     if (!m.ok()) return std::string();
-    std::string out = dir->str() + "/tiny";
-    Status s = WriteHfFolder(out, cfg, (*m)->NamedWeights(), tok.string());
-    return s.ok() ? out : std::string();
+    Status s = WriteHfFolder(tmp.string(), cfg, (*m)->NamedWeights(), tok.string());
+    if (!s.ok()) {
+      fs::remove_all(tmp, ec);
+      return std::string();
+    }
+    fs::rename(tmp, final_dir, ec);
+    if (ec) fs::remove_all(tmp, ec);  // another process got there first
+    if (!fs::exists(final_dir / "config.json", ec)) return std::string();
+    const auto now = fs::file_time_type::clock::now();
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.path() == final_dir) continue;
+      if (name.rfind(prefix, 0) != 0 && name.rfind(".tmp-", 0) != 0) continue;
+      std::error_code e;
+      const auto age = now - fs::last_write_time(entry.path(), e);
+      if (!e && age > std::chrono::hours(1)) fs::remove_all(entry.path(), e);
+    }
+    return final_dir.string();
   }();
   return path;
 }

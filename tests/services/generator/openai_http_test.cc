@@ -1,6 +1,9 @@
 // The OpenAI-compatible endpoint, over real HTTP, with the tiny model.
 #include <httplib.h>
 
+#include <map>
+#include <set>
+
 #include <nlohmann/json.hpp>
 
 #include "services/generator/openai_http.h"
@@ -80,6 +83,58 @@ TEST_F(OpenAiHttpTest, ChatCompletion) {
   // The same seed gives the same answer.
   json again = Post("/v1/chat/completions", body, &status);
   EXPECT_EQ(again["choices"], j["choices"]);
+}
+
+TEST_F(OpenAiHttpTest, ChatCompletionTextEqualsTheGrpcTextForTheSameSeed) {
+  // Both endpoints on one core: the same conversation, seed and sampling.
+  GeneratorService service(core_.get());
+  GrpcServerOptions options;
+  auto server = StartGrpcServer(options, {&service});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto stub = v1::Generator::NewStub(MakeChannel(server->address));
+
+  int status = 0;
+  json body = {{"messages", {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Name a colour."}}}},
+               {"max_tokens", 12},
+               {"n", 3},
+               {"seed", 77},
+               {"temperature", 0.9},
+               {"top_p", 0.95},
+               {"top_k", 0}};
+  json j = Post("/v1/chat/completions", body, &status);
+  ASSERT_EQ(status, 200) << j.dump();
+  ASSERT_EQ(j["choices"].size(), 3u);
+
+  v1::GenerateRequest req;
+  auto* conv = req.add_prompts()->mutable_conversation();
+  auto* m = conv->add_messages();
+  m->set_role("system");
+  m->set_content("Be brief.");
+  m = conv->add_messages();
+  m->set_role("user");
+  m->set_content("Name a colour.");
+  req.set_num_samples(3);
+  auto* s = req.mutable_sampling();
+  s->set_max_new_tokens(12);
+  s->set_seed(77);
+  s->set_temperature(0.9f);
+  s->set_top_p(0.95f);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub->Generate(&ctx, req);
+  std::map<uint32_t, std::string> grpc_text;
+  v1::GenerateResponse resp;
+  while (reader->Read(&resp))
+    for (const auto& r : resp.rollouts()) grpc_text[r.sample_index()] = r.text();
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(grpc_text.size(), 3u);
+  std::set<std::string> distinct;
+  for (uint32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(j["choices"][i]["message"]["content"].get<std::string>(), grpc_text[i]) << "sample " << i;
+    distinct.insert(grpc_text[i]);
+  }
+  EXPECT_GT(distinct.size(), 1u) << "samples of one seed should differ from each other";
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 TEST_F(OpenAiHttpTest, StreamingChatCompletionSendsEventsThenDone) {

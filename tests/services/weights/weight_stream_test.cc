@@ -1,7 +1,11 @@
 #include "services/weights/weight_stream.h"
 
+#include <cstring>
 #include <numeric>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <gtest/gtest.h>
 
 namespace spar {
@@ -147,6 +151,144 @@ TEST(WeightStreamTest, MalformedStreamsAreRejectedWithReasons) {
   bad_shape[1].shape = {65};
   EXPECT_NE(WeightStreamWriter::Create(1, bad_shape, 10).status().message().find("model.norm.weight"),
             std::string::npos);
+}
+
+// The serialized message, read back through a stream of `block`-byte
+// buffers (as gRPC hands over its slices).
+Result<v1::WeightStreamMessage::KindCase> ReadSerialized(WeightStreamAssembler& a,
+                                                         const v1::WeightStreamMessage& msg, int block,
+                                                         v1::WeightStreamMessage* small) {
+  std::string bytes = msg.SerializeAsString();
+  google::protobuf::io::ArrayInputStream in(bytes.data(), static_cast<int>(bytes.size()), block);
+  return a.ReadMessage(&in, small);
+}
+
+TEST(WeightStreamTest, ReadMessageStagesBucketsStraightFromTheWireBytes) {
+  Model m = MakeModel();
+  auto writer = WeightStreamWriter::Create(7, m.views, 100000);
+  ASSERT_TRUE(writer.ok());
+  auto buckets = AllBuckets(*writer);
+  WeightStreamAssembler a;
+  v1::WeightStreamMessage msg, small;
+  *msg.mutable_header() = writer->Header();
+  auto kind = ReadSerialized(a, msg, 1000, &small);
+  ASSERT_TRUE(kind.ok()) << kind.status().ToString();
+  ASSERT_EQ(*kind, v1::WeightStreamMessage::kHeader);
+  ASSERT_TRUE(a.Begin(small.header()).ok());
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    *msg.mutable_bucket() = buckets[i];
+    // Odd block sizes put slice boundaries anywhere, also inside varints.
+    kind = ReadSerialized(a, msg, i % 2 ? 4093 : 77, &small);
+    ASSERT_TRUE(kind.ok()) << kind.status().ToString();
+    EXPECT_EQ(*kind, v1::WeightStreamMessage::kBucket);
+  }
+  EXPECT_EQ(a.buckets_received(), buckets.size());
+  *msg.mutable_commit() = *writer->Commit();
+  kind = ReadSerialized(a, msg, 1 << 20, &small);
+  ASSERT_TRUE(kind.ok());
+  ASSERT_EQ(*kind, v1::WeightStreamMessage::kCommit);
+  auto staged = a.Commit(small.commit());
+  ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+  for (const auto& v : m.views) {
+    const auto& t = staged->tensors.at(v.name);
+    ASSERT_EQ(t.bytes.size(), v.nbytes);
+    EXPECT_EQ(std::memcmp(t.bytes.data(), v.data, v.nbytes), 0) << v.name;
+  }
+
+  // The next version lands in the same (recycled) buffers.
+  const char* embed = staged->tensors.at("model.embed_tokens.weight").bytes.data();
+  a.Recycle(std::move(*staged));
+  auto next = WeightStreamWriter::Create(8, m.views, 100000);
+  ASSERT_TRUE(a.Begin(next->Header()).ok());
+  for (const auto& b : AllBuckets(*next)) ASSERT_TRUE(a.AddBucket(b).ok());
+  auto again = a.Commit(*next->Commit());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->tensors.at("model.embed_tokens.weight").bytes.data(), embed);
+  EXPECT_EQ(std::memcmp(again->tensors.at("lm_head.weight").bytes.data(), m.views[3].data, m.views[3].nbytes), 0);
+}
+
+TEST(WeightStreamTest, ReadMessageRefusesCorruptAndMalformedBytesAndCanRetry) {
+  Model m = MakeModel();
+  auto writer = WeightStreamWriter::Create(2, m.views, 100000);
+  auto buckets = AllBuckets(*writer);
+  WeightStreamAssembler a;
+  ASSERT_TRUE(a.Begin(writer->Header()).ok());
+  v1::WeightStreamMessage msg, small;
+  *msg.mutable_bucket() = buckets[0];
+  ASSERT_TRUE(ReadSerialized(a, msg, 512, &small).ok());
+  // A flipped data byte: DataLoss, and the bucket is not counted...
+  *msg.mutable_bucket() = buckets[1];
+  (*msg.mutable_bucket()->mutable_data())[1234] ^= 0x10;
+  auto bad = ReadSerialized(a, msg, 512, &small);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(a.buckets_received(), 1u);
+  // ...so the intact bucket can follow, and the stream completes.
+  for (size_t i = 1; i < buckets.size(); ++i) {
+    *msg.mutable_bucket() = buckets[i];
+    auto k = ReadSerialized(a, msg, 512, &small);
+    ASSERT_TRUE(k.ok()) << i << ": " << k.status().ToString();
+  }
+  auto staged = a.Commit(*writer->Commit());
+  ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+  EXPECT_EQ(std::memcmp(staged->tensors.at("model.embed_tokens.weight").bytes.data(), m.views[0].data,
+                        m.views[0].nbytes),
+            0);
+
+  // Bytes that are no WeightStreamMessage; a cut message.
+  WeightStreamAssembler b;
+  ASSERT_TRUE(b.Begin(writer->Header()).ok());
+  std::string junk = "\x12\xff\xff\xff\x7f garbage";
+  google::protobuf::io::ArrayInputStream junk_in(junk.data(), static_cast<int>(junk.size()));
+  auto r = b.ReadMessage(&junk_in, &small);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  *msg.mutable_bucket() = buckets[0];
+  std::string cut = msg.SerializeAsString();
+  cut.resize(cut.size() / 2);
+  google::protobuf::io::ArrayInputStream cut_in(cut.data(), static_cast<int>(cut.size()), 100);
+  r = b.ReadMessage(&cut_in, &small);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("truncated"), std::string::npos) << r.status().ToString();
+  EXPECT_EQ(b.buckets_received(), 0u);
+  std::string empty;
+  google::protobuf::io::ArrayInputStream empty_in(empty.data(), 0);
+  EXPECT_EQ(b.ReadMessage(&empty_in, &small).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(WeightStreamTest, ReadMessageAcceptsDataBeforeItsSlices) {
+  // Legal protobuf (fields in any order), never what the writer sends.
+  Model m = MakeModel();
+  auto writer = WeightStreamWriter::Create(3, m.views, 1 << 20);
+  auto buckets = AllBuckets(*writer);
+  ASSERT_EQ(buckets.size(), 1u);
+  const auto& b = buckets[0];
+  std::string bucket_bytes;
+  {
+    google::protobuf::io::StringOutputStream out(&bucket_bytes);
+    google::protobuf::io::CodedOutputStream cos(&out);
+    using WFL = google::protobuf::internal::WireFormatLite;
+    WFL::WriteBytes(4, b.data(), &cos);
+    WFL::WriteUInt64(5, b.checksum(), &cos);
+    WFL::WriteUInt64(1, b.version(), &cos);
+    for (const auto& s : b.tensors()) WFL::WriteBytes(3, s.SerializeAsString(), &cos);
+    WFL::WriteUInt32(99, 12345, &cos);  // an unknown field is skipped
+  }
+  std::string msg_bytes;
+  {
+    google::protobuf::io::StringOutputStream out(&msg_bytes);
+    google::protobuf::io::CodedOutputStream cos(&out);
+    google::protobuf::internal::WireFormatLite::WriteBytes(2, bucket_bytes, &cos);
+  }
+  WeightStreamAssembler a;
+  ASSERT_TRUE(a.Begin(writer->Header()).ok());
+  google::protobuf::io::ArrayInputStream in(msg_bytes.data(), static_cast<int>(msg_bytes.size()), 333);
+  v1::WeightStreamMessage small;
+  auto k = a.ReadMessage(&in, &small);
+  ASSERT_TRUE(k.ok()) << k.status().ToString();
+  auto staged = a.Commit(*writer->Commit());
+  ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+  EXPECT_EQ(std::memcmp(staged->tensors.at("lm_head.weight").bytes.data(), m.views[3].data, m.views[3].nbytes), 0);
 }
 
 }  // namespace
