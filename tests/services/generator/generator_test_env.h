@@ -52,7 +52,7 @@ inline const std::string& TinyModelDir() {
     std::string stamp = "unknown";
     if (!ec) {
       const auto size = fs::file_size(exe, ec);
-      const auto mtime = fs::last_write_time(exe, ec).time_since_epoch().count();
+      const auto mtime = static_cast<uint64_t>(fs::last_write_time(exe, ec).time_since_epoch().count());
       stamp = exe.filename().string() + "-" + std::to_string(size) + "-" + std::to_string(mtime);
     }
     const fs::path root = TestCacheRoot();
