@@ -43,6 +43,22 @@ Status ReadGeneratorConfig(ConfigNode node, GeneratorConfig* out) {
   out->sampling.top_p = static_cast<float>(top_p);
   SPAR_RETURN_IF_ERROR(s.Finish());
 
+  if (node.Has("weight_broadcast")) {
+    ConfigNode b = node.Child("weight_broadcast");
+    auto& wb = out->weight_broadcast;
+    wb.enabled = true;
+    b.Require("rendezvous");
+    b.Get("rendezvous", &wb.rendezvous);
+    b.Get("world_size", &wb.world_size, 2, 4096);
+    b.Get("rank", &wb.rank, 1, 4095);
+    if (wb.rank >= wb.world_size)
+      b.Error("rank", "must be below world_size (" + std::to_string(wb.world_size) + "); rank 0 is the learner");
+    b.Get("cuda_device", &wb.cuda_device, 0, 1023);
+    b.Get("timeout_s", &wb.timeout_s, 1, 86400);
+    if (wb.rendezvous.rfind(':') == std::string::npos) b.Error("rendezvous", "must be host:port, got '" + wb.rendezvous + "'");
+    SPAR_RETURN_IF_ERROR(b.Finish());
+  }
+
   if (out->limits.max_prompt_tokens >= out->max_context)
     node.Error("max_prompt_tokens", "must be less than max_context (" + std::to_string(out->max_context) +
                                         "), got " + std::to_string(out->limits.max_prompt_tokens));

@@ -19,6 +19,12 @@
 //     policy_version: 0             # version of the weights in `model`
 //     max_message_bytes: 536870912  # gRPC message limit (weight buckets)
 //     sampling: {temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256}
+//     weight_broadcast:             # optional: join the learner's NCCL group
+//       rendezvous: 10.0.0.1:29600  # the learner's learner.nccl_rendezvous
+//       rank: 1                     # 1..world_size-1 (rank 0 is the learner)
+//       world_size: 2               # 1 + generators in the group
+//       cuda_device: 0
+//       timeout_s: 600
 //
 // `sampling` is the default for the OpenAI endpoint (fields a request body
 // leaves out) and for a gRPC request without a SamplingParams message.
@@ -32,6 +38,16 @@
 #include "services/generator/generator_core.h"
 
 namespace spar {
+
+// Membership of the learner's NCCL weight-broadcast group (rank > 0).
+struct GeneratorBroadcastConfig {
+  bool enabled = false;
+  std::string rendezvous;
+  int rank = 1;
+  int world_size = 2;
+  int cuda_device = 0;
+  int64_t timeout_s = 600;
+};
 
 struct GeneratorConfig {
   std::string id = "generator";
@@ -49,6 +65,7 @@ struct GeneratorConfig {
   int64_t max_message_bytes = 512ll << 20;
   GeneratorLimits limits;
   SamplingOptions sampling;
+  GeneratorBroadcastConfig weight_broadcast;
 };
 
 // Reads the section (Finish() included). Errors name the key.
