@@ -313,7 +313,8 @@ int Run(const LearnerBenchArgs& a) {
     auto two = TrainTwoRanks(a, *tiny, tmp);
     if (!two.ok()) return cli::Fail(kName, two.status());
     std::printf("  %-24s %12s %12s %10s\n", "ranks", "tokens/s", "samples/s", "s/step");
-    std::printf("  %-24s %12.1f %12.2f %10.3f\n", "1 (2 threads)", one->tokens_per_second(), one->samples_per_second(),
+    const std::string solo = "1 process (" + std::to_string(torch::get_num_threads()) + " thr)";
+    std::printf("  %-24s %12.1f %12.2f %10.3f\n", solo.c_str(), one->tokens_per_second(), one->samples_per_second(),
                 one->seconds / a.steps);
     std::printf("  %-24s %12.1f %12.2f %10.3f\n", "2 Gloo processes (1 thr)", two->tokens_per_second(),
                 two->samples_per_second(), two->seconds / a.steps);

@@ -82,6 +82,7 @@ TEST(BatchTest, LinearScheduleWithWarmup) {
 }  // namespace spar
 
 #include "services/learner/learner_config.h"
+#include "services/weights/nccl_broadcast.h"
 
 namespace spar {
 namespace {
@@ -108,6 +109,17 @@ TEST(LearnerConfigTest, SectionIsValidated) {
   EXPECT_NE(msg("learner: {model: m, world_size: 2, rank: 2}").find("learner.rank"), std::string::npos);
   EXPECT_NE(msg("learner: {model: m, device: tpu}").find("cuda:N"), std::string::npos);
   EXPECT_NE(msg("learner: {model: m, lr: 1}").find("unknown key"), std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, weight_sync: mpi}").find("grpc, nccl"), std::string::npos);
+  EXPECT_NE(msg("learner: {model: m, nccl_rendezvous: nohost}").find("learner.nccl_rendezvous"), std::string::npos);
+  LearnerConfig nccl;
+  Status s = parse("learner: {model: m, weight_sync: nccl, nccl_world_size: 4}", &nccl);
+  if (NcclBroadcastAvailable()) {
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(nccl.weight_sync, "nccl");
+    EXPECT_EQ(nccl.nccl_world_size, 4);
+  } else {
+    EXPECT_NE(s.message().find("not in this build"), std::string::npos) << s.ToString();
+  }
 }
 
 }  // namespace
