@@ -534,9 +534,23 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
 
   // End of the shard: the learner trains what is left, checkpoints and
   // publishes version t+1 down the chain of live generators.
+  // A generator that died after its last prompt has not failed a request
+  // yet: ask each one before putting it in the chain, or the publication
+  // would stop at it.
   std::vector<std::string> chain;
-  for (size_t g = 0; g < generators_.size(); ++g)
-    if (alive[g]) chain.push_back(generators_[g]->address());
+  for (size_t g = 0; g < generators_.size(); ++g) {
+    if (!alive[g]) continue;
+    auto state = generators_[g]->State(std::chrono::seconds(10));
+    if (!state.ok() && state.status().code() == StatusCode::kUnavailable) {
+      alive[g] = false;
+      stats.lost_generators.push_back(generators_[g]->name());
+      log->error("generator {} at {} is down; it gets no weights: {}", generators_[g]->name(),
+                 generators_[g]->address(), state.status().ToString());
+      continue;
+    }
+    chain.push_back(generators_[g]->address());
+  }
+  if (chain.empty()) return Unavailable("iteration " + std::to_string(iteration) + ": every generator is down");
   const std::string checkpoint = options_.checkpoint_root.empty()
                                      ? std::string()
                                      : options_.checkpoint_root + "/iter-" + std::to_string(iteration);

@@ -50,7 +50,9 @@ class StandInGenerator : public GeneratorClient {
     }
     return g;
   }
+  std::atomic<bool> state_down{false};  // State() answers Unavailable
   Result<GeneratorState> State(std::chrono::milliseconds) override {
+    if (state_down) return Unavailable(name_ + " is gone");
     GeneratorState s;
     s.policy_version = version;
     return s;
@@ -313,6 +315,26 @@ TEST_F(PipelineTest, ResumedGroupsStartInTheirStage) {
   };
   EXPECT_EQ(wait_count("scoring"), 10u);   // 2 stored unscored + 8 new
   EXPECT_EQ(wait_count("training"), 12u);  // every group is resubmitted
+}
+
+}  // namespace
+}  // namespace spar
+
+namespace spar {
+namespace {
+
+TEST_F(PipelineTest, AGeneratorThatDiedAfterItsLastPromptGetsNoWeights) {
+  StandInGenerator a("gen-a"), b("gen-b");
+  StandInLearner learner({&a, &b});
+  // b served its prompts, then died before the publication.
+  learner.on_submit = [&] { b.state_down = true; };
+  IterationPipeline p(store_.get(), {&a, &b}, scorer_.get(), &learner, options_);
+  auto stats = p.Run(0, shard_);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_GT(b.calls.load(), 0);
+  EXPECT_EQ(stats->lost_generators, std::vector<std::string>{"gen-b"});
+  EXPECT_EQ(a.version, 1u);
+  EXPECT_EQ(b.version, 0u);  // not in the chain
 }
 
 }  // namespace
