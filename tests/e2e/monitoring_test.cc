@@ -215,6 +215,18 @@ TEST(MonitoringEndToEnd, MetricsBusTopDeadServiceAndReport) {
     return total;
   };
 
+  // Once every service has spoken on the bus, spar top shows each one up.
+  for (const auto until = Clock::now() + std::chrono::seconds(30);
+       watcher.heard_count() < services.size() && Clock::now() < until;)
+    pump(std::chrono::milliseconds(200));
+  const std::string frame = TopOnce(run);
+  for (const char* source : {"generator-0", "generator-1", "scorer", "learner-0", "orchestrator"}) {
+    const std::string row = RowOf(frame, source);
+    EXPECT_NE(row.find(" up"), std::string::npos) << source << " not up in:\n" << frame;
+  }
+  EXPECT_NE(frame.find("bottleneck"), std::string::npos) << frame;
+  EXPECT_NE(frame.find("prompts  pending"), std::string::npos) << frame;
+
   // Scrape every service until rollouts flow: the generators' counters and
   // per-second gauges, and the orchestrator's stage counts.
   std::map<std::string, std::string> scraped;
@@ -238,18 +250,9 @@ TEST(MonitoringEndToEnd, MetricsBusTopDeadServiceAndReport) {
     if (flowing) break;
   }
   ASSERT_TRUE(flowing) << "no rollout throughput seen on /metrics and the bus\n" << log_tail();
-
-  // spar top shows every service, up.
-  const std::string frame = TopOnce(run);
-  for (const char* source : {"generator-0", "generator-1", "scorer", "learner-0", "orchestrator"}) {
-    const std::string row = RowOf(frame, source);
-    EXPECT_NE(row.find(" up"), std::string::npos) << source << " not up in:\n" << frame;
-  }
-  EXPECT_NE(frame.find("bottleneck"), std::string::npos) << frame;
-  EXPECT_NE(frame.find("prompts  pending"), std::string::npos) << frame;
-
   EXPECT_GT(Sample(scraped["generator-0"], mn::kGeneratorTokensTotal).value_or(0), 0);
   EXPECT_GT(Sample(scraped["generator-0"], mn::kGeneratorMaxSlots).value_or(0), 0);
+
   for (const char* family : {mn::kGeneratorTokensPerSecond, mn::kGeneratorBatchOccupancy, mn::kGeneratorQueueDepth,
                              mn::kGeneratorPolicyVersion, mn::kGeneratorTimeToFirstToken, mn::kWeightSyncBytesTotal,
                              mn::kWeightSyncSeconds, mn::kWeightSyncGigabytesPerSecond})
@@ -270,8 +273,8 @@ TEST(MonitoringEndToEnd, MetricsBusTopDeadServiceAndReport) {
     staged += Sample(scraped["orchestrator"], mn::kOrchestratorPrompts, std::string("stage=\"") + stage + "\"").value_or(0);
   EXPECT_EQ(staged, 24) << scraped["orchestrator"];
 
-  // Kill a generator: within a few seconds spar top shows it down, and the
-  // run finishes on the other one.
+  // Kill a generator while rollouts flow: within a few seconds spar top
+  // shows it down, and the run finishes on the other one.
   const pid_t victim = services.at("generator-1").pid;
   ASSERT_GT(victim, 0);
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
