@@ -1,5 +1,7 @@
 #include "model/engine.h"
 
+#include <unordered_map>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -197,9 +199,27 @@ void GenerationEngine::Cancel(uint64_t request_id) {
 
 Status GenerationEngine::SwapWeights(const std::vector<std::pair<std::string, torch::Tensor>>& weights,
                                      uint64_t version) {
-  if (version <= policy_version_.load())
+  if (version == policy_version_.load() && version > 0) {
+    // A publication retried after a failure further down the chain: the
+    // same version with the same weights is already here (idempotent); the
+    // same version with other weights is refused. Weights change only on
+    // this thread's swaps, which are serialised, so reading them is safe.
+    torch::NoGradGuard no_grad;
+    std::unordered_map<std::string, torch::Tensor> current;
+    for (auto& [name, tensor] : model_->NamedWeights()) current.emplace(name, tensor);
+    bool same = current.size() == weights.size();
+    for (size_t i = 0; same && i < weights.size(); ++i) {
+      auto it = current.find(weights[i].first);
+      same = it != current.end() && it->second.sizes() == weights[i].second.sizes() &&
+             torch::equal(it->second, weights[i].second.to(it->second.options()));
+    }
+    if (same) return Status::Ok();
     return FailedPrecondition("weights version " + std::to_string(version) +
-                                      " is not newer than the serving version " +
+                              " is already serving with different weights");
+  }
+  if (version < policy_version_.load())
+    return FailedPrecondition("weights version " + std::to_string(version) +
+                                      " is older than the serving version " +
                                       std::to_string(policy_version_.load()));
   auto swap = std::make_shared<PendingSwap>();
   swap->weights = &weights;

@@ -264,7 +264,12 @@ TEST_F(EngineTest, SwapWeightsChangesOutputsAndBumpsTheVersion) {
   bad.pop_back();
   EXPECT_FALSE(engine->SwapWeights(bad, 1).ok());
   ASSERT_TRUE(engine->SwapWeights(other->NamedWeights(), 1).ok());
-  EXPECT_EQ(engine->SwapWeights(other->NamedWeights(), 1).code(), StatusCode::kFailedPrecondition);
+  // The same version again: a no-op with the same weights (a retried
+  // publication), refused with other weights or an older version.
+  EXPECT_TRUE(engine->SwapWeights(other->NamedWeights(), 1).ok());
+  auto third = *CreateCausalLM(config_, 98);
+  EXPECT_EQ(engine->SwapWeights(third->NamedWeights(), 1).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(engine->SwapWeights(third->NamedWeights(), 0).code(), StatusCode::kFailedPrecondition);
   auto after = engine->Generate(Prompt("swap"), 1, s);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ((*after)[0].policy_version, 1u);
