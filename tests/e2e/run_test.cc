@@ -45,6 +45,11 @@ struct ConfigOptions {
   std::string scorer = RuleScorer(1);
   int max_new_tokens = 8;
   int samples = 3;
+  int batch_groups = 2;
+  int epochs = 1;
+  std::string eta = "10";
+  std::string learning_rate = "1.0e-3";
+  int top_k = 0;
   std::string extra_run;  // more `run:` keys, each line indented by two spaces
 };
 
@@ -71,6 +76,7 @@ generation:
   samples_per_prompt: )" + std::to_string(o.samples) + R"(
   temperature: 1.0
   top_p: 1.0
+  top_k: )" + std::to_string(o.top_k) + R"(
   max_new_tokens: )" + std::to_string(o.max_new_tokens) + R"(
   batch: 12
 )" + generators + R"(generator:
@@ -80,10 +86,11 @@ generation:
 )" + o.scorer + R"(learner:
   model: unused-spar-run-passes-the-policy
   loss: sppo
-  eta: 10
+  eta: )" + o.eta + R"(
   optimizer: adamw
-  learning_rate: 1.0e-3
-  batch_groups: 2
+  learning_rate: )" + o.learning_rate + R"(
+  batch_groups: )" + std::to_string(o.batch_groups) + R"(
+  epochs: )" + std::to_string(o.epochs) + R"(
   max_length: 128
   max_prompt_length: 64
 )";
@@ -251,6 +258,14 @@ TEST(EndToEnd, RuleRunLearnsAndResumesAfterOrchestratorKill) {
   o.iterations = 3;
   o.held_out = 6;
   o.samples = 4;
+  o.batch_groups = 1;
+  o.epochs = 2;
+  // A random tiny policy is nearly flat over 128k tokens: sampling from its
+  // top 20 per step and a large step size let three short iterations show
+  // what the judge prefers (eta = 1000 is the SPPO scripts' beta = 0.001).
+  o.top_k = 20;
+  o.eta = "1000";
+  o.learning_rate = "1.0e-2";
   WriteFile(dir.path() / "spar.yaml", Config(dir.path(), tokenizer.string(), o));
   const fs::path run = dir.path() / "run";
   const fs::path first_log = dir.path() / "first.log";
@@ -291,7 +306,8 @@ TEST(EndToEnd, RuleRunLearnsAndResumesAfterOrchestratorKill) {
   ASSERT_TRUE(baseline.ok() && *baseline);
   double words0 = 0, words_last = 0;
   int n0 = 0, n_last = 0;
-  for (const auto& p : nlohmann::json::parse(**baseline)["prompts"])
+  const auto baseline_json = nlohmann::json::parse(**baseline);
+  for (const auto& p : baseline_json["prompts"])
     for (const auto& r : p["responses"]) words0 += WordCount(r.get<std::string>()), ++n0;
   ASSERT_TRUE((*db)->ForEachGroup(2, [&](const RolloutGroup& g) {
     for (const auto& r : g.rollouts) words_last += WordCount(r.text), ++n_last;
@@ -315,6 +331,11 @@ TEST(EndToEnd, GpmRunWinsAgainstPi0AndSurvivesGeneratorKill) {
   o.held_out = 6;
   o.samples = 4;
   o.generators = 2;
+  o.batch_groups = 1;
+  o.epochs = 2;
+  o.eta = "1000";
+  o.learning_rate = "1.0e-2";
+  o.top_k = 20;
   o.scorer = "scorer:\n  kind: gpm\n  model: " + (dir.path() / "run/models/gpm").string() +
              "\n  tau: 0.1\n  init:\n    arch: llama\n    preset: tiny\n    tokenizer: " + tokenizer.string() +
              "\n    seed: 11\n    head: gpm\n    k: 2\n";
