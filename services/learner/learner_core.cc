@@ -157,6 +157,8 @@ Result<LearnerProgressSnapshot> LearnerCore::StartIteration(uint32_t iteration, 
   std::lock_guard<std::mutex> lock(mutex_);
   iteration_ = iteration;
   iteration_open_ = true;
+  trained_iteration_ = -1;
+  checkpointed_iteration_ = -1;
   version_ = iteration;
   progress_ = LearnerProgressSnapshot();
   progress_.iteration = iteration;
@@ -191,15 +193,19 @@ SubmitOutcome LearnerCore::Submit(std::vector<LearnerExample> examples) {
 
 Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std::vector<std::string>& generators,
                                                    const std::string& checkpoint_dir) {
-  std::vector<LearnerExample> epoch_replay;
+  bool retry = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!iteration_open_ || iteration != iteration_)
       return FailedPrecondition("learner: FinishIteration(" + std::to_string(iteration) +
                                 ") but the open iteration is " +
                                 (iteration_open_ ? std::to_string(iteration_) : std::string("none")));
+    // A retry after a failed publication: the iteration is trained and
+    // checkpointed already; training again (extra epochs) would publish
+    // other weights under the same version.
+    retry = trained_iteration_ == static_cast<int64_t>(iteration);
     // Train what is left as a last (smaller) batch per K.
-    while (!pending_.empty()) {
+    while (!retry && !pending_.empty()) {
       auto command = std::make_unique<Command>();
       const size_t k = pending_.front().responses.size();
       std::vector<LearnerExample> rest;
@@ -215,7 +221,7 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
       commands_.push_back(std::move(command));
     }
     // Further epochs replay the iteration's examples.
-    for (int64_t epoch = 1; epoch < config_.epochs; ++epoch) {
+    for (int64_t epoch = 1; !retry && epoch < config_.epochs; ++epoch) {
       pending_ = seen_;
       const size_t global_batch = static_cast<size_t>(config_.batch_groups) *
                                   static_cast<size_t>(group_ ? group_->world_size() : 1);
@@ -228,18 +234,31 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
       pending_.clear();
     }
   }
-  wake_.notify_all();
-  // A no-op command to wait behind everything queued.
-  Command barrier;
-  barrier.proto.mutable_step();
-  Status s = Post(std::move(barrier)).get();
-  if (!s.ok()) return s;
+  if (retry) return CheckpointAndPublish(iteration, generators, checkpoint_dir);
+  {
+    wake_.notify_all();
+    // A no-op command to wait behind everything queued.
+    Command barrier;
+    barrier.proto.mutable_step();
+    Status s = Post(std::move(barrier)).get();
+    if (!s.ok()) return s;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    trained_iteration_ = iteration;
+  }
+  return CheckpointAndPublish(iteration, generators, checkpoint_dir);
+}
 
+Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, const std::vector<std::string>& generators,
+                                                        const std::string& checkpoint_dir) {
   FinishOutcome out;
   const std::string dir = !checkpoint_dir.empty() ? checkpoint_dir
                           : config_.output_dir.empty() ? std::string()
                           : config_.output_dir + "/iter-" + std::to_string(iteration);
-  if (!dir.empty()) {
+  if (!dir.empty() && checkpointed_iteration_ == static_cast<int64_t>(iteration)) {
+    out.checkpoint_dir = dir;  // a retry: written by the first attempt
+  } else if (!dir.empty()) {
     SPAR_RETURN_IF_ERROR(EnsureDir(dir));
     SPAR_RETURN_IF_ERROR(policy_->Save(dir));
     SPAR_RETURN_IF_ERROR(trainer_->SaveOptimizer(dir + "/optimizer.pt"));
@@ -247,6 +266,7 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
                             {"steps", trainer_->step()}, {"loss", LossKindName(config_.loss.kind)}};
     SPAR_RETURN_IF_ERROR(WriteFileAtomic(dir + "/spar_learner_state.json", state.dump(2) + "\n"));
     out.checkpoint_dir = dir;
+    checkpointed_iteration_ = iteration;
   }
   const uint64_t version = iteration + 1;
   if (config_.weight_sync == "nccl") {

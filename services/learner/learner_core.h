@@ -103,6 +103,10 @@ class LearnerCore {
   struct Command;
   LearnerCore(const LearnerConfig& config, std::unique_ptr<TrainablePolicy> policy,
               std::unique_ptr<DataParallelGroup> group, uint64_t version);
+  // The end of FinishIteration: checkpoint (unless an earlier attempt
+  // did), then publish version iteration+1. Called by one thread at a time.
+  Result<FinishOutcome> CheckpointAndPublish(uint32_t iteration, const std::vector<std::string>& generators,
+                                             const std::string& checkpoint_dir);
   Status Execute(const Command& command);           // on the training thread
   std::future<Status> Post(Command command);
   void TrainingLoop();
@@ -123,6 +127,8 @@ class LearnerCore {
   std::vector<LearnerExample> seen_;                // this iteration (for extra epochs)
   bool iteration_open_ = false;
   uint32_t iteration_ = 0;
+  int64_t trained_iteration_ = -1;                  // FinishIteration trained it (a retry only publishes)
+  int64_t checkpointed_iteration_ = -1;             // its checkpoint is written
   uint64_t version_ = 0;
   LearnerProgressSnapshot progress_;
   bool stopping_ = false;

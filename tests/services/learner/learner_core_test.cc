@@ -100,5 +100,30 @@ TEST_F(LearnerCoreTest, RestartingAnIterationTrainsFromPiT) {
   EXPECT_TRUE(torch::allclose(a->Flat(), b->Flat(), 1e-12, 1e-12));
 }
 
+TEST_F(LearnerCoreTest, RetriedFinishAfterAFailedPublicationOnlyPublishes) {
+  // A generator down the chain fails the publication; the orchestrator
+  // retries FinishIteration. Training again (here: the second epoch) would
+  // publish other weights under the same version, so the retry must not.
+  config_.epochs = 2;
+  auto policy = std::make_unique<BigramPolicy>(11);
+  BigramPolicy* raw = policy.get();
+  auto core = LearnerCore::Create(config_, std::move(policy), nullptr);
+  ASSERT_TRUE(core.ok());
+  ASSERT_TRUE((*core)->StartIteration(0, 8).ok());
+  std::vector<LearnerExample> batch;
+  for (int i = 0; i < 8; ++i) batch.push_back(Example(i));
+  ASSERT_EQ((*core)->Submit(batch).accepted, 8u);
+  auto failed = (*core)->FinishIteration(0, {"127.0.0.1:1"}, "");
+  ASSERT_FALSE(failed.ok());
+  const torch::Tensor trained = raw->Flat().clone();
+  const int64_t steps = (*core)->Progress().step;
+  auto retried = (*core)->FinishIteration(0, {}, "");
+  ASSERT_TRUE(retried.ok()) << retried.status().ToString();
+  EXPECT_EQ(retried->policy_version, 1u);
+  EXPECT_TRUE(torch::equal(trained, raw->Flat()));
+  EXPECT_EQ(retried->progress.step, steps);
+  EXPECT_TRUE(std::filesystem::exists(retried->checkpoint_dir + "/spar_learner_state.json"));
+}
+
 }  // namespace
 }  // namespace spar
