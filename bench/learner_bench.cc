@@ -16,8 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <chrono>
 #include <cstdio>
@@ -30,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
+#include "common/net.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
 #include "model/hf_config.h"
@@ -70,18 +69,6 @@ double Since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 std::vector<LearnerExample> Examples(const LearnerBenchArgs& a, int64_t vocab, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -163,7 +150,7 @@ Result<TrainFigures> TrainTwoRanks(const LearnerBenchArgs& a, const std::string&
   // /proc/self/exe, not its target: the binary may have been replaced on
   // disk since it started.
   const std::string self = "/proc/self/exe";
-  const std::string store = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string store = "127.0.0.1:" + std::to_string(*FreeLoopbackPort());
   std::vector<pid_t> pids;
   for (int r = 0; r < 2; ++r) {
     std::vector<std::string> argv = {self, "bench", "learner", "--worker-rank", std::to_string(r),

@@ -6,9 +6,6 @@
 // 2 learner ranks joined over Gloo with --rank), the policy built as the
 // init containers build it, then `spar run` with launch: remote completes an
 // iteration through them.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -22,6 +19,7 @@
 #include <memory>
 #include <sstream>
 
+#include "common/net.h"
 #include "tests/support/process.h"
 #include "tests/support/test_support.h"
 
@@ -38,22 +36,6 @@ using ::spar::testing::TokenizerDir;
 using ::spar::testing::WaitForFile;
 
 // A port free on 127.0.0.1 right now (the kernel's pick for port 0).
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    return -1;
-  }
-  const int port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
 
 std::string Loopback(int port) { return "127.0.0.1:" + std::to_string(port); }
 
@@ -81,8 +63,8 @@ TEST(DeployEndToEnd, EveryServiceItsOwnProcessFromTheManifestConfig) {
   if (tokenizer.empty()) GTEST_SKIP() << "Llama-3 tokenizer absent: run scripts/setup.sh";
   TempDir dir;
   const fs::path root = dir.path();
-  const int g0 = FreePort(), g1 = FreePort(), scorer_port = FreePort(), learner_port = FreePort(),
-            rendezvous = FreePort();
+  const int g0 = *FreeLoopbackPort(), g1 = *FreeLoopbackPort(), scorer_port = *FreeLoopbackPort(), learner_port = *FreeLoopbackPort(),
+            rendezvous = *FreeLoopbackPort();
   ASSERT_TRUE(g0 > 0 && g1 > 0 && scorer_port > 0 && learner_port > 0 && rendezvous > 0);
 
   // The overlay's config, moved: addresses, paths and sizes only.

@@ -2,6 +2,8 @@
 // workers (SPAR_DP_RANK set), each joining the group over loopback.
 #include "services/learner/data_parallel.h"
 
+#include "common/net.h"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -18,19 +20,6 @@
 namespace spar {
 namespace {
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 // The worker: runs only when launched by the test below.
 TEST(DataParallelWorker, Rank) {
@@ -62,7 +51,7 @@ TEST(DataParallelWorker, Rank) {
 
 TEST(DataParallelTest, TwoGlooRanksAverageGradients) {
   testing::TempDir dir;
-  const std::string store = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string store = "127.0.0.1:" + std::to_string(*FreeLoopbackPort());
   std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::vector<std::unique_ptr<testing::ChildProcess>> ranks;
   for (int r = 0; r < 2; ++r) {

@@ -5,8 +5,6 @@
 // so it needs two GPUs and skips otherwise.
 #include <cuda_runtime.h>
 
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -15,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/net.h"
 #include "services/weights/nccl_broadcast.h"
 
 namespace spar {
@@ -26,25 +25,13 @@ int GpuCount() {
   return n;
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 TEST(NcclBroadcastGpuTest, DeviceTensorsReachEveryRankAfterTheHandshake) {
   if (!NcclBroadcastAvailable()) GTEST_SKIP() << "built without NCCL";
   const int gpus = GpuCount();
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs (one NCCL rank per GPU), found " << gpus;
   const int world = std::min(gpus, 4);
-  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string address = "127.0.0.1:" + std::to_string(*FreeLoopbackPort());
   // Host copies of the weights, and the same on GPU 0 for the sender.
   std::mt19937 rng(5);
   std::vector<std::vector<float>> host;

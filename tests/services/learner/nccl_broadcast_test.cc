@@ -4,8 +4,8 @@
 // path itself is covered by nccl_broadcast_gpu.cc (label gpu).
 #include "services/weights/nccl_broadcast.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include "common/net.h"
+
 #include <unistd.h>
 
 #include <cstring>
@@ -185,21 +185,9 @@ TEST(NcclHandshakeTest, CommitOnlyWhenEveryReceiverConfirms) {
   EXPECT_EQ(timed_out.receivers[1].code(), StatusCode::kAborted);
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 TEST(NcclHandshakeTest, OverARealTcpStore) {
-  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string address = "127.0.0.1:" + std::to_string(*FreeLoopbackPort());
   auto server = ConnectTcpStore(address, 0, 3, milliseconds(10000));
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   auto c1 = ConnectTcpStore(address, 1, 3, milliseconds(10000));

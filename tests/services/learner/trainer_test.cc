@@ -4,6 +4,8 @@
 // doubled batch, and optimiser state resumes exactly.
 #include "services/learner/trainer.h"
 
+#include "common/net.h"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -114,18 +116,6 @@ TEST(TrainerTest, OptimizerStateResumesExactly) {
   EXPECT_EQ(t3.LoadOptimizer((dir.path() / "missing.pt").string()).code(), StatusCode::kDataLoss);
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 // Worker for the two-rank test: each rank trains on its half and writes
 // its final weights.
@@ -152,7 +142,7 @@ TEST(TrainerRankWorker, Rank) {
 
 TEST(TrainerTest, TwoGlooRanksEqualOneRankWithTheDoubledBatch) {
   testing::TempDir dir;
-  const std::string store = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string store = "127.0.0.1:" + std::to_string(*FreeLoopbackPort());
   std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::vector<std::unique_ptr<testing::ChildProcess>> ranks;
   for (int r = 0; r < 2; ++r) {
