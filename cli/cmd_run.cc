@@ -141,20 +141,23 @@ class ProgressReporter {
 };
 
 void PrintTable(const RunSummary& summary) {
-  std::printf("\n%-5s %8s %9s %10s %9s %10s %9s %8s %9s %10s %10s\n", "iter", "prompts", "rollouts", "tokens",
-              "tok/s", "chosen-wr", "steps", "loss", "sync s", "wall s", "vs-pi0");
+  std::printf("\n%-5s %8s %9s %10s %9s %9s %9s %10s %9s %8s %9s %10s %10s\n", "iter", "prompts", "rollouts",
+              "tokens", "tok/s", "groups/s", "learn t/s", "chosen-wr", "steps", "loss", "sync s", "wall s", "vs-pi0");
   for (size_t i = 0; i < summary.iterations.size(); ++i) {
     const auto& s = summary.iterations[i];
     char judged[32] = "-";
     if (i < summary.held_out.size() && summary.held_out[i].prompts > 0)
       std::snprintf(judged, sizeof judged, "%.3f", summary.held_out[i].win_rate);
-    std::printf("%-5u %8lu %9lu %10lu %9.1f %10.3f %9lu %8.4f %9.2f %10.1f %10s\n", s.iteration,
+    std::printf("%-5u %8lu %9lu %10lu %9.1f %9.2f %9.1f %10.3f %9lu %8.4f %9.2f %10.1f %10s\n", s.iteration,
                 static_cast<unsigned long>(s.prompts), static_cast<unsigned long>(s.rollouts),
                 static_cast<unsigned long>(s.rollout_tokens),
-                s.generation_seconds > 0 ? s.rollout_tokens / s.generation_seconds : 0.0, s.mean_chosen_win_rate,
+                s.generation_seconds > 0 ? s.rollout_tokens / s.generation_seconds : 0.0,
+                s.scoring_busy_seconds > 0 ? s.scored_groups / s.scoring_busy_seconds : 0.0,
+                s.learner.tokens_per_second, s.mean_chosen_win_rate,
                 static_cast<unsigned long>(s.learner.step), s.learner.loss, s.weight_sync_seconds, s.wall_seconds, judged);
   }
-  std::printf("(vs-pi0: win rate of the iteration's new policy against pi_0 on the held-out prompts, per the scorer)\n");
+  std::printf("(groups/s: scorer groups per second of scorer calls; learn t/s: learner training tokens/s;\n"
+              " vs-pi0: win rate of the iteration's new policy against pi_0 on the held-out prompts, per the scorer)\n");
   std::printf("\nrun folder:  %s\nsummary:     %s/summary.json\nfinal model: %s\n", summary.run_dir.c_str(),
               summary.run_dir.c_str(), summary.final_model.c_str());
   if (summary.iterations_resumed > 0)

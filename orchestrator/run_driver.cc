@@ -72,6 +72,7 @@ nlohmann::json StatsJson(const IterationStats& s, const HeldOutResult& h) {
           {"tokens_per_second", s.generation_seconds > 0 ? s.rollout_tokens / s.generation_seconds : 0.0},
           {"rollouts_per_second", s.generation_seconds > 0 ? s.rollouts / s.generation_seconds : 0.0},
           {"scoring_busy_seconds", s.scoring_busy_seconds},
+          {"scorer_groups_per_second", s.scoring_busy_seconds > 0 ? s.scored_groups / s.scoring_busy_seconds : 0.0},
           {"training_busy_seconds", s.training_busy_seconds},
           {"finish_seconds", s.finish_seconds},
           {"weight_sync_seconds", s.weight_sync_seconds},
