@@ -45,6 +45,9 @@ Result<std::string> WriteVariant(const PipelineBenchArgs& args, const fs::path& 
   root["run"]["held_out"] = 0;
   root["run"]["pipelined"] = pipelined;
   root["prompts"]["limit"] = args.prompts;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Internal("cannot create " + dir.string() + ": " + ec.message());
   const fs::path out = dir / (pipelined ? "pipelined.yaml" : "staged.yaml");
   std::ofstream f(out);
   f << root << "\n";
