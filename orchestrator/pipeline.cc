@@ -537,26 +537,34 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
   // A generator that died after its last prompt has not failed a request
   // yet: ask each one before putting it in the chain, or the publication
   // would stop at it.
-  std::vector<std::string> chain;
-  for (size_t g = 0; g < generators_.size(); ++g) {
-    if (!alive[g]) continue;
-    auto state = generators_[g]->State(std::chrono::seconds(10));
-    if (!state.ok() && state.status().code() == StatusCode::kUnavailable) {
-      alive[g] = false;
-      stats.lost_generators.push_back(generators_[g]->name());
-      log->error("generator {} at {} is down; it gets no weights: {}", generators_[g]->name(),
-                 generators_[g]->address(), state.status().ToString());
-      continue;
+  // Probed again before every attempt: one that dies during a publication
+  // fails it, and the retry must leave it out.
+  auto live_chain = [&]() {
+    std::vector<std::string> chain;
+    for (size_t g = 0; g < generators_.size(); ++g) {
+      if (!alive[g]) continue;
+      auto state = generators_[g]->State(std::chrono::seconds(10));
+      if (!state.ok() && state.status().code() == StatusCode::kUnavailable) {
+        alive[g] = false;
+        stats.lost_generators.push_back(generators_[g]->name());
+        log->error("generator {} at {} is down; it gets no weights: {}", generators_[g]->name(),
+                   generators_[g]->address(), state.status().ToString());
+        continue;
+      }
+      chain.push_back(generators_[g]->address());
     }
-    chain.push_back(generators_[g]->address());
-  }
+    return chain;
+  };
+  std::vector<std::string> chain = live_chain();
   if (chain.empty()) return Unavailable("iteration " + std::to_string(iteration) + ": every generator is down");
   const std::string checkpoint = options_.checkpoint_root.empty()
                                      ? std::string()
                                      : options_.checkpoint_root + "/iter-" + std::to_string(iteration);
   auto t0 = Clock::now();
   std::atomic<bool> no_stop{false};
+  int publish_attempts = 0;
   auto finished = WithRetries("learner FinishIteration", options_, no_stop, [&] {
+    if (publish_attempts++ > 0) chain = live_chain();
     return learner_->FinishIteration(iteration, chain, checkpoint, options_.learner_timeout);
   });
   if (!finished.ok()) return finished.status().WithContext("iteration " + std::to_string(iteration));
