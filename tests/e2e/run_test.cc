@@ -53,6 +53,24 @@ struct ConfigOptions {
   std::string extra_run;  // more `run:` keys, each line indented by two spaces
 };
 
+// Three iterations over 24 prompts (6 held out, shards of 6, K = 4) that
+// show a learning signal. A random tiny policy is nearly flat over 128k
+// tokens: sampling from its top 20 per step and a large step size let three
+// short iterations show what the judge prefers (eta = 1000 is the SPPO
+// scripts' beta = 0.001).
+ConfigOptions LearningSignalOptions() {
+  ConfigOptions o;
+  o.iterations = 3;
+  o.held_out = 6;
+  o.samples = 4;
+  o.batch_groups = 1;
+  o.epochs = 2;
+  o.top_k = 20;
+  o.eta = "1000";
+  o.learning_rate = "1.0e-2";
+  return o;
+}
+
 std::string Config(const fs::path& root, const std::string& tokenizer, const ConfigOptions& o) {
   std::string generators = "generators:\n";
   for (int i = 0; i < o.generators; ++i) generators += "  - {}\n";
@@ -254,18 +272,7 @@ TEST(EndToEnd, RuleRunLearnsAndResumesAfterOrchestratorKill) {
   if (tokenizer.empty()) GTEST_SKIP() << "Llama-3 tokenizer absent: run scripts/setup.sh";
   TempDir dir;
   WritePrompts(dir.path() / "prompts.jsonl", 23);  // 24 prompts: 6 held out, 3 shards of 6
-  ConfigOptions o;
-  o.iterations = 3;
-  o.held_out = 6;
-  o.samples = 4;
-  o.batch_groups = 1;
-  o.epochs = 2;
-  // A random tiny policy is nearly flat over 128k tokens: sampling from its
-  // top 20 per step and a large step size let three short iterations show
-  // what the judge prefers (eta = 1000 is the SPPO scripts' beta = 0.001).
-  o.top_k = 20;
-  o.eta = "1000";
-  o.learning_rate = "1.0e-2";
+  ConfigOptions o = LearningSignalOptions();
   WriteFile(dir.path() / "spar.yaml", Config(dir.path(), tokenizer.string(), o));
   const fs::path run = dir.path() / "run";
   const fs::path first_log = dir.path() / "first.log";
@@ -326,16 +333,8 @@ TEST(EndToEnd, GpmRunWinsAgainstPi0AndSurvivesGeneratorKill) {
   if (tokenizer.empty()) GTEST_SKIP() << "Llama-3 tokenizer absent: run scripts/setup.sh";
   TempDir dir;
   WritePrompts(dir.path() / "prompts.jsonl", 23);
-  ConfigOptions o;
-  o.iterations = 3;
-  o.held_out = 6;
-  o.samples = 4;
+  ConfigOptions o = LearningSignalOptions();
   o.generators = 2;
-  o.batch_groups = 1;
-  o.epochs = 2;
-  o.eta = "1000";
-  o.learning_rate = "1.0e-2";
-  o.top_k = 20;
   o.scorer = "scorer:\n  kind: gpm\n  model: " + (dir.path() / "run/models/gpm").string() +
              "\n  tau: 0.1\n  init:\n    arch: llama\n    preset: tiny\n    tokenizer: " + tokenizer.string() +
              "\n    seed: 11\n    head: gpm\n    k: 2\n";
