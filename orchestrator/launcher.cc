@@ -133,8 +133,28 @@ void Launcher::Stop(const std::string& name, std::chrono::milliseconds grace) {
 }
 
 void Launcher::StopAll() {
+  // All at once: every child gets SIGTERM now and shares one grace period,
+  // so stopping N services costs the slowest one's shutdown, not the sum.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (auto& c : children_)
-    if (c.pid > 0) Stop(c.name, std::chrono::seconds(5));
+    if (c.pid > 0) kill(c.pid, SIGTERM);
+  for (bool waiting = true; waiting;) {
+    waiting = false;
+    for (auto& c : children_) {
+      if (c.pid <= 0) continue;
+      int status = 0;
+      if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
+        c.pid = -1;
+      } else if (std::chrono::steady_clock::now() >= deadline) {
+        kill(c.pid, SIGKILL);
+        waitpid(c.pid, &status, 0);
+        c.pid = -1;
+      } else {
+        waiting = true;
+      }
+    }
+    if (waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 }  // namespace spar
