@@ -9,7 +9,13 @@
 //  2. Weight publish time, as the learner publishes (WeightStreamWriter ->
 //     Generator.UpdateWeights relay chain over loopback gRPC), to 1 and to
 //     3 chained generators, for the tiny preset and for a ~1 GB model built
-//     from a config (written to a temp folder, deleted afterwards).
+//     from a config (written to a temp folder, deleted afterwards): the
+//     fastest and the median of --publish-repeats publications each (the
+//     first one also pays the receivers' first staging allocation). With
+//     --copying-sender the same publications go out the way the sender did
+//     before it framed buckets around the tensors: each bucket copied into
+//     a fresh WeightBucket message and serialised by the generated stub
+//     (two more copies of every byte, into fresh memory), for comparison.
 //
 // Examples are synthetic (random token ids, fixed seed): prompt and
 // response lengths are flags.
@@ -17,6 +23,7 @@
 #include <unistd.h>
 
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -56,6 +63,8 @@ struct LearnerBenchArgs {
   int64_t steps = 4;             // timed steps (after one warm-up)
   int64_t bucket_mb = 64;
   int64_t big_mb = 1000;         // size of the big model (0 = skip it)
+  int64_t publish_repeats = 3;   // publications per chain (min and median reported)
+  bool copying_sender = false;   // the former sender (FillBucket + generated stub), for comparison
   bool skip_train = false;
   bool skip_publish = false;
   // Worker mode (2-rank training), set when re-run by the bench itself.
@@ -216,12 +225,45 @@ Result<std::unique_ptr<Generator>> StartGenerator(const std::string& model_dir, 
 
 struct PublishFigures {
   double bytes = 0;
-  double one = 0;    // seconds to 1 generator
-  double three = 0;  // seconds through a chain of 3
+  double one = 0;    // seconds to 1 generator (fastest)
+  double three = 0;  // seconds through a chain of 3 (fastest)
+  double one_median = 0;
+  double three_median = 0;
 };
 
-// Publishes the folder's weights to 1 generator, then through 3.
-Result<PublishFigures> Publish(const std::string& model_dir, uint64_t bucket_bytes) {
+// The sender as it was before SerializeBucket: every bucket copied into a
+// WeightBucket message, which the generated stub serialises again.
+Result<double> PublishCopying(WeightStreamWriter& writer, const std::vector<std::string>& chain) {
+  const auto start = std::chrono::steady_clock::now();
+  auto stub = v1::Generator::NewStub(MakeChannel(chain[0]));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(20));
+  v1::WeightUpdateResult result;
+  auto stream = stub->UpdateWeights(&ctx, &result);
+  v1::WeightStreamMessage msg;
+  *msg.mutable_header() = writer.Header(std::vector<std::string>(chain.begin() + 1, chain.end()));
+  bool ok = stream->Write(msg);
+  for (uint32_t i = 0; ok && i < writer.bucket_count(); ++i) {
+    msg.Clear();
+    writer.FillBucket(i, msg.mutable_bucket());
+    ok = stream->Write(msg);
+  }
+  if (ok) {
+    SPAR_ASSIGN_OR_RETURN(auto commit, writer.Commit());
+    *msg.mutable_commit() = commit;
+    stream->Write(msg);
+  }
+  stream->WritesDone();
+  grpc::Status st = stream->Finish();
+  if (!st.ok()) return Internal("copying sender: " + st.error_message());
+  SPAR_RETURN_IF_ERROR(CheckChainApplied(result, writer.version()));
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Publishes the folder's weights `repeats` times to 1 generator, then
+// `repeats` times through 3 (a new version each time).
+Result<PublishFigures> Publish(const std::string& model_dir, uint64_t bucket_bytes, int64_t repeats,
+                               bool copying_sender) {
   SPAR_ASSIGN_OR_RETURN(auto policy, CausalLMPolicy::Load(model_dir, "cpu", "float32"));
   std::vector<torch::Tensor> keep;
   std::vector<WeightTensorView> views;
@@ -237,13 +279,30 @@ Result<PublishFigures> Publish(const std::string& model_dir, uint64_t bucket_byt
     SPAR_ASSIGN_OR_RETURN(auto g, StartGenerator(model_dir, "gen-" + std::to_string(i)));
     gens.push_back(std::move(g));
   }
-  auto publish = [&](uint64_t version, std::vector<std::string> chain) -> Result<double> {
-    SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(version, views, bucket_bytes));
-    SPAR_ASSIGN_OR_RETURN(auto published, PublishWeights(writer, chain, std::chrono::minutes(20)));
-    return published.seconds;
+  uint64_t version = 0;
+  // Fastest and median seconds of `repeats` publications down `chain`.
+  auto publish = [&](std::vector<std::string> chain) -> Result<std::pair<double, double>> {
+    std::vector<double> seconds;
+    for (int64_t r = 0; r < std::max<int64_t>(1, repeats); ++r) {
+      SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(++version, views, bucket_bytes));
+      if (copying_sender) {
+        SPAR_ASSIGN_OR_RETURN(double s, PublishCopying(writer, chain));
+        seconds.push_back(s);
+        continue;
+      }
+      SPAR_ASSIGN_OR_RETURN(auto published, PublishWeights(writer, chain, std::chrono::minutes(20)));
+      seconds.push_back(published.seconds);
+    }
+    std::sort(seconds.begin(), seconds.end());
+    return std::make_pair(seconds.front(), seconds[seconds.size() / 2]);
   };
-  SPAR_ASSIGN_OR_RETURN(f.one, publish(1, {gens[0]->server.address}));
-  SPAR_ASSIGN_OR_RETURN(f.three, publish(2, {gens[0]->server.address, gens[1]->server.address, gens[2]->server.address}));
+  SPAR_ASSIGN_OR_RETURN(auto one, publish({gens[0]->server.address}));
+  SPAR_ASSIGN_OR_RETURN(auto three,
+                        publish({gens[0]->server.address, gens[1]->server.address, gens[2]->server.address}));
+  f.one = one.first;
+  f.one_median = one.second;
+  f.three = three.first;
+  f.three_median = three.second;
   return f;
 }
 
@@ -313,15 +372,20 @@ int Run(const LearnerBenchArgs& a) {
 
   if (!a.skip_publish) {
     const uint64_t bucket = static_cast<uint64_t>(a.bucket_mb) << 20;
-    std::printf("weight publish (UpdateWeights relay chain over loopback, %ld MB buckets):\n", a.bucket_mb);
-    std::printf("  %-24s %10s %14s %14s\n", "model", "MB", "1 generator", "3 chained");
+    std::printf("weight publish (UpdateWeights relay chain over loopback, %ld MB buckets, %s sender, fastest / median "
+                "of %ld):\n",
+                a.bucket_mb, a.copying_sender ? "copying (former)" : "zero-copy", std::max<int64_t>(1, a.publish_repeats));
+    std::printf("  %-24s %10s %20s %20s\n", "model", "MB", "1 generator", "3 chained");
     auto row = [&](const std::string& label, const std::string& dir, const std::string& key) -> Status {
-      SPAR_ASSIGN_OR_RETURN(PublishFigures f, Publish(dir, bucket));
-      std::printf("  %-24s %10.1f %11.3f s %11.3f s   (%.2f / %.2f GB/s)\n", label.c_str(), f.bytes / 1e6, f.one,
-                  f.three, f.bytes / f.one / 1e9, f.bytes / f.three / 1e9);
+      SPAR_ASSIGN_OR_RETURN(PublishFigures f, Publish(dir, bucket, a.publish_repeats, a.copying_sender));
+      std::printf("  %-24s %10.1f %8.3f / %7.3f s %8.3f / %7.3f s   (%.2f / %.2f GB/s)\n", label.c_str(),
+                  f.bytes / 1e6, f.one, f.one_median, f.three, f.three_median, f.bytes / f.one / 1e9,
+                  f.bytes / f.three / 1e9);
       result[key + "_mb"] = f.bytes / 1e6;
       result[key + "_publish_1_seconds"] = f.one;
       result[key + "_publish_3_seconds"] = f.three;
+      result[key + "_publish_1_median_seconds"] = f.one_median;
+      result[key + "_publish_3_median_seconds"] = f.three_median;
       return Status::Ok();
     };
     Status s = row("tiny", *tiny, "tiny");
@@ -349,6 +413,9 @@ void Setup(CLI::App& sub) {
   sub.add_option("--steps", args->steps, "timed optimiser steps (after one warm-up)");
   sub.add_option("--bucket-mb", args->bucket_mb, "weight-stream bucket size (MB)");
   sub.add_option("--big-mb", args->big_mb, "size of the big model for the publish figures (0 = skip)");
+  sub.add_option("--publish-repeats", args->publish_repeats, "publications per chain (fastest and median shown)");
+  sub.add_flag("--copying-sender", args->copying_sender,
+               "publish the former way (bucket copied into a message, serialised by the stub), for comparison");
   sub.add_flag("--skip-train", args->skip_train, "only the weight publish");
   sub.add_flag("--skip-publish", args->skip_publish, "only training");
   sub.add_option("--worker-rank", args->worker_rank)->group("");  // internal: 2-rank workers

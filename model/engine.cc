@@ -81,6 +81,7 @@ struct GenerationEngine::Sequence {
 struct GenerationEngine::PendingSwap {
   const std::vector<std::pair<std::string, torch::Tensor>>* weights = nullptr;
   uint64_t version = 0;
+  uint64_t revision = 0;
   std::promise<Status> done;
 };
 
@@ -197,9 +198,23 @@ void GenerationEngine::Cancel(uint64_t request_id) {
   wake_.notify_all();
 }
 
+namespace {
+
+std::string VersionName(uint64_t version, uint64_t revision) {
+  return std::to_string(version) + (revision ? " revision " + std::to_string(revision) : std::string());
+}
+
+}  // namespace
+
 Status GenerationEngine::SwapWeights(const std::vector<std::pair<std::string, torch::Tensor>>& weights,
-                                     uint64_t version) {
-  if (version == policy_version_.load() && version > 0) {
+                                     uint64_t version, uint64_t revision) {
+  uint64_t serving_version = 0, serving_revision = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    serving_version = policy_version_.load();
+    serving_revision = policy_revision_;
+  }
+  if (version == serving_version && revision == serving_revision && (version > 0 || revision > 0)) {
     // A publication retried after a failure further down the chain: the
     // same version with the same weights is already here (idempotent); the
     // same version with other weights is refused. Weights change only on
@@ -214,16 +229,17 @@ Status GenerationEngine::SwapWeights(const std::vector<std::pair<std::string, to
              torch::equal(it->second, weights[i].second.to(it->second.options()));
     }
     if (same) return Status::Ok();
-    return FailedPrecondition("weights version " + std::to_string(version) +
+    return FailedPrecondition("weights version " + VersionName(version, revision) +
                               " is already serving with different weights");
   }
-  if (version < policy_version_.load())
-    return FailedPrecondition("weights version " + std::to_string(version) +
-                                      " is older than the serving version " +
-                                      std::to_string(policy_version_.load()));
+  if (std::make_pair(version, revision) < std::make_pair(serving_version, serving_revision))
+    return FailedPrecondition("weights version " + VersionName(version, revision) +
+                              " is older than the serving version " +
+                              VersionName(serving_version, serving_revision));
   auto swap = std::make_shared<PendingSwap>();
   swap->weights = &weights;
   swap->version = version;
+  swap->revision = revision;
   auto done = swap->done.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -256,13 +272,14 @@ Result<std::vector<SampleOutput>> GenerationEngine::Generate(const std::vector<i
 
 EngineStats GenerationEngine::Stats() const {
   EngineStats stats;
-  stats.policy_version = policy_version_.load();
   stats.max_batch = options_.max_batch;
   stats.max_queue = options_.max_queue;
   stats.busy_slots = busy_slots_.load();
   {
     std::lock_guard<std::mutex> lock(mu_);
     stats.queue_depth = static_cast<int32_t>(waiting_.size());
+    stats.policy_version = policy_version_.load();
+    stats.policy_revision = policy_revision_;
   }
   stats.tokens_generated = tokens_generated_.load();
   stats.prompt_tokens = prompt_tokens_.load();
@@ -290,14 +307,16 @@ void GenerationEngine::Loop() {
     DropCancelled();
     if (swap) {
       Status status = AssignWeights(model_, *swap->weights);
-      if (status.ok()) {
-        policy_version_ = swap->version;
-        Logger("engine")->info("engine: now serving policy version {}", swap->version);
-      }
       {
         std::lock_guard<std::mutex> lock(mu_);
+        if (status.ok()) {
+          policy_version_ = swap->version;
+          policy_revision_ = swap->revision;
+        }
         swap_.reset();
       }
+      if (status.ok())
+        Logger("engine")->info("engine: now serving policy version {}", VersionName(swap->version, swap->revision));
       swap->done.set_value(status);
       continue;
     }
@@ -492,6 +511,7 @@ void GenerationEngine::Finish(std::shared_ptr<Sequence> seq, const std::string& 
     request->spec.on_delta(seq->sample_index, seq->out.text.substr(seq->emitted));
   seq->out.finish_reason = reason;
   seq->out.policy_version = policy_version_.load();
+  seq->out.policy_revision = policy_revision_;  // written on this thread only
   seq->out.seconds = Seconds(seq->started, Clock::now());
   rollouts_completed_++;
   bool last = false;

@@ -15,7 +15,10 @@
 // Weights: SwapWeights() stops admitting new sequences, lets the active ones
 // finish, copies the new weights in on the scheduler thread, bumps the
 // policy version and resumes: every token of a rollout comes from one
-// version, and no step ever sees half old, half new weights.
+// version, and no step ever sees half old, half new weights. A version may
+// have revisions (the learner's intermediate publications within an
+// iteration, see spar.v1 common.proto): weights are ordered by (version,
+// revision), and a rollout carries both.
 //
 // Thread safety: every public method may be called from any thread.
 // Callbacks run on the scheduler thread; they must be quick and must not
@@ -63,6 +66,7 @@ struct SampleOutput {
   std::string text;                // decoded, specials and stop string removed
   std::string finish_reason;       // "stop" | "length" | "cancelled"
   uint64_t policy_version = 0;
+  uint64_t policy_revision = 0;
   double seconds_to_first_token = 0;
   double seconds = 0;
 };
@@ -89,6 +93,7 @@ struct EngineOptions {
 
 struct EngineStats {
   uint64_t policy_version = 0;
+  uint64_t policy_revision = 0;
   int32_t max_batch = 0;
   int32_t busy_slots = 0;
   int32_t queue_depth = 0;     // samples waiting for a slot
@@ -125,10 +130,12 @@ class GenerationEngine {
 
   // Applies new weights (named as the model's parameters, any device and
   // dtype) between steps after draining active sequences, and makes
-  // `version` current. Blocks until applied. InvalidArgument (names,
-  // shapes; nothing applied) or FailedPrecondition if version is not newer.
+  // (`version`, `revision`) current. Blocks until applied. InvalidArgument
+  // (names, shapes; nothing applied) or FailedPrecondition if (version,
+  // revision) is older than the serving one; the same pair again is a no-op
+  // with the same weights and FailedPrecondition with others.
   Status SwapWeights(const std::vector<std::pair<std::string, torch::Tensor>>& weights,
-                     uint64_t version);
+                     uint64_t version, uint64_t revision = 0);
 
   // Submit + wait: the samples ordered by index.
   Result<std::vector<SampleOutput>> Generate(const std::vector<int32_t>& prompt_ids,
@@ -176,6 +183,7 @@ class GenerationEngine {
   std::vector<bool> slot_free_;
 
   std::atomic<uint64_t> policy_version_{0};
+  uint64_t policy_revision_ = 0;  // written with policy_version_ under mu_
   std::atomic<int32_t> busy_slots_{0};
   std::atomic<uint64_t> tokens_generated_{0}, prompt_tokens_{0}, rollouts_completed_{0},
       decode_steps_{0};

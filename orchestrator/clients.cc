@@ -206,9 +206,16 @@ class GrpcLearnerClient : public LearnerClient {
 
   Result<LearnerProgressInfo> StartIteration(uint32_t iteration, uint64_t expected,
                                              std::chrono::milliseconds timeout) override {
+    return StartIteration(iteration, expected, {}, timeout);
+  }
+
+  Result<LearnerProgressInfo> StartIteration(uint32_t iteration, uint64_t expected,
+                                             const std::vector<std::string>& generators,
+                                             std::chrono::milliseconds timeout) override {
     v1::StartIterationRequest req;
     req.set_iteration(iteration);
     req.set_expected_examples(expected);
+    for (const auto& g : generators) req.add_generator_addresses(g);
     grpc::ClientContext ctx;
     SetDeadline(&ctx, timeout);
     v1::LearnerProgress resp;

@@ -80,6 +80,14 @@ class LearnerClient {
   virtual const std::string& address() const = 0;
   virtual Result<LearnerProgressInfo> StartIteration(uint32_t iteration, uint64_t expected_examples,
                                                      std::chrono::milliseconds timeout) = 0;
+  // The same, naming the generator chain the learner publishes intermediate
+  // weights to during the iteration (learner.publish_every_steps). A client
+  // that has no use for it starts the iteration without it.
+  virtual Result<LearnerProgressInfo> StartIteration(uint32_t iteration, uint64_t expected_examples,
+                                                     const std::vector<std::string>& generator_addresses,
+                                                     std::chrono::milliseconds timeout) {
+    return StartIteration(iteration, expected_examples, timeout);
+  }
   // Sends examples built from stored groups and scores; returns how many
   // were accepted (rejections are logged with their reasons).
   virtual Result<uint64_t> Submit(const std::vector<const RolloutGroup*>& groups,

@@ -208,8 +208,10 @@ Result<IterationStats> IterationPipeline::Run(uint32_t iteration,
   ready_to_train.Mark(to_train);
 
   std::atomic<bool> stop{false};
+  std::vector<std::string> generator_addresses;  // for the learner's intermediate publications, if any
+  for (const auto& g : generators_) generator_addresses.push_back(g->address());
   auto started = WithRetries("learner StartIteration", options_, stop, [&] {
-    return learner_->StartIteration(iteration, shard.size(), std::chrono::minutes(10));
+    return learner_->StartIteration(iteration, shard.size(), generator_addresses, std::chrono::minutes(10));
   });
   if (!started.ok()) return started.status().WithContext("iteration " + std::to_string(iteration));
 

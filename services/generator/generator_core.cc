@@ -72,6 +72,8 @@ GeneratorCore::GeneratorCore(std::shared_ptr<const Tokenizer> tokenizer,
   busy_slots_ = metrics_->GetGauge("spar_generator_busy_slots", "Decode slots in use", labels);
   queue_depth_ = metrics_->GetGauge("spar_generator_queue_depth", "Samples waiting for a slot", labels);
   policy_version_gauge_ = metrics_->GetGauge("spar_generator_policy_version", "Policy version served", labels);
+  policy_revision_gauge_ = metrics_->GetGauge("spar_generator_policy_revision",
+                                              "Revision of the served version (intermediate publications)", labels);
   time_to_first_token_ = metrics_->GetHistogram("spar_generator_time_to_first_token_seconds",
                                                 "Seconds from submission to a sample's first token",
                                                 LatencyBuckets(), labels);
@@ -250,6 +252,7 @@ Result<std::unique_ptr<GenerationJob>> GeneratorCore::Start(GenerateInput input)
       r.logprobs = std::move(out.logprobs);
       r.finish_reason = std::move(out.finish_reason);
       r.policy_version = out.policy_version;
+      r.policy_revision = out.policy_revision;
       r.prompt_token_ids = prompt_ids;
       {
         std::lock_guard<std::mutex> lock(state->mu);
@@ -317,13 +320,15 @@ Result<WeightApplyResult> GeneratorCore::ApplyWeights(const StagedWeights& stage
     named.emplace_back(name, torch::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
                                               torch::TensorOptions().dtype(*scalar)));
   }
-  Status s = engine_->SwapWeights(named, staged.version);
+  Status s = engine_->SwapWeights(named, staged.version, staged.revision);
   if (!s.ok()) return s;
   policy_version_gauge_->Set(static_cast<double>(staged.version));
+  policy_revision_gauge_->Set(static_cast<double>(staged.revision));
   weight_updates_.fetch_add(1);
   weight_updates_total_->Increment();
   WeightApplyResult out;
   out.version = staged.version;
+  out.revision = staged.revision;
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
 }
@@ -335,6 +340,11 @@ void GeneratorCore::RecordWeightSync(uint64_t bytes, double seconds, bool applie
 }
 
 uint64_t GeneratorCore::policy_version() const { return engine_->Stats().policy_version; }
+
+std::pair<uint64_t, uint64_t> GeneratorCore::policy_version_and_revision() const {
+  EngineStats e = engine_->Stats();
+  return {e.policy_version, e.policy_revision};
+}
 
 GeneratorStats GeneratorCore::Stats() const {
   GeneratorStats s;
@@ -356,6 +366,7 @@ void GeneratorCore::RefreshGauges() {
   busy_slots_->Set(e.busy_slots);
   queue_depth_->Set(e.queue_depth);
   policy_version_gauge_->Set(static_cast<double>(e.policy_version));
+  policy_revision_gauge_->Set(static_cast<double>(e.policy_revision));
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(rate_mu_);
   rate_samples_.push_back({now, e.tokens_generated, e.rollouts_completed});

@@ -32,6 +32,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/chat.h"
@@ -82,6 +83,7 @@ struct GeneratedRollout {
   std::vector<float> logprobs;
   std::string finish_reason;  // "stop" | "length"
   uint64_t policy_version = 0;
+  uint64_t policy_revision = 0;
   std::shared_ptr<const std::vector<int32_t>> prompt_token_ids;
 };
 
@@ -151,6 +153,7 @@ struct GeneratorStats {
 
 struct WeightApplyResult {
   uint64_t version = 0;
+  uint64_t revision = 0;
   double seconds = 0;  // conversion + swap
 };
 
@@ -187,14 +190,17 @@ class GeneratorCore {
   // active sequence finishing on the old version first): one copy_ per
   // tensor from the staging buffers into the model's parameters (which
   // converts dtype and device). InvalidArgument for names/shapes/dtypes that
-  // do not fit the model, FailedPrecondition for a version that is not
-  // newer; the old weights keep serving then. `staged` is only read (the
-  // caller recycles its buffers afterwards).
+  // do not fit the model, FailedPrecondition for a (version, revision) older
+  // than the serving one (or the same one with other weights; the same one
+  // with the same weights is a no-op); the old weights keep serving then.
+  // `staged` is only read (the caller recycles its buffers afterwards).
   Result<WeightApplyResult> ApplyWeights(const StagedWeights& staged);
   // Counts bytes and time of one received stream (metrics).
   void RecordWeightSync(uint64_t bytes, double seconds, bool applied);
 
   uint64_t policy_version() const;
+  // The serving (version, revision), read together.
+  std::pair<uint64_t, uint64_t> policy_version_and_revision() const;
   GeneratorStats Stats() const;
   const GeneratorDescription& description() const { return description_; }
   const GeneratorCoreOptions& options() const { return options_; }
@@ -222,6 +228,7 @@ class GeneratorCore {
   Gauge* busy_slots_;
   Gauge* queue_depth_;
   Gauge* policy_version_gauge_;
+  Gauge* policy_revision_gauge_;
   Histogram* time_to_first_token_;
   Counter* weight_bytes_total_;
   Histogram* weight_seconds_;

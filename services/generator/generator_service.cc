@@ -10,6 +10,7 @@
 #include "common/logging.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server.h"
+#include "services/weights/weight_publisher.h"
 
 namespace spar {
 
@@ -105,6 +106,7 @@ void ToProto(const GeneratedRollout& r, const std::string& generator_id, bool wi
   if (with_logprobs) out->mutable_logprobs()->Add(r.logprobs.begin(), r.logprobs.end());
   out->set_finish_reason(FinishReasonToProto(r.finish_reason));
   out->set_policy_version(r.policy_version);
+  out->set_policy_revision(r.policy_revision);
   out->set_generator_id(generator_id);
   if (r.prompt_token_ids)
     out->mutable_prompt_token_ids()->Add(r.prompt_token_ids->begin(), r.prompt_token_ids->end());
@@ -162,8 +164,7 @@ class Relay {
     if (deadline != std::chrono::system_clock::time_point::max()) context_.set_deadline(deadline);
     // The generated stub would serialise a WeightStreamMessage; this writes
     // the received bytes as they are (same method, same wire format).
-    static const char* kMethod = "/spar.v1.Generator/UpdateWeights";
-    grpc::internal::RpcMethod method(kMethod, grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
+    grpc::internal::RpcMethod method(kUpdateWeightsMethod, grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
     writer_.reset(grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method, &context_,
                                                                                 &result_));
     thread_ = std::thread([this] { WriteLoop(); });
@@ -343,7 +344,7 @@ grpc::Status GeneratorService::UpdateWeightsRaw(grpc::ServerContext* context,
     receive_seconds = elapsed();
     // Verified here: let the next node apply while this one does.
     if (relay) relay->Send(raw);
-    const uint64_t version = staged->version;
+    const uint64_t version = staged->version, revision = staged->revision;
     auto applied = core_->ApplyWeights(*staged);
     assembler.Recycle(std::move(*staged));
     response.set_bytes_received(bytes);
@@ -351,17 +352,19 @@ grpc::Status GeneratorService::UpdateWeightsRaw(grpc::ServerContext* context,
     response.set_applied(applied.ok());
     if (!applied.ok()) {
       response.set_error(applied.status().ToString());
-      log->warn("weight version {} not applied; still serving version {}: {}", version, core_->policy_version(),
-                applied.status().ToString());
+      log->warn("weight version {} (revision {}) not applied; still serving version {}: {}", version, revision,
+                core_->policy_version(), applied.status().ToString());
     }
-    response.set_version(core_->policy_version());
+    const auto serving = core_->policy_version_and_revision();
+    response.set_version(serving.first);
+    response.set_revision(serving.second);
     if (relay) *response.add_downstream() = relay->Finish();
     response.set_seconds(elapsed());
     core_->RecordWeightSync(bytes, elapsed(), applied.ok());
     if (applied.ok())
-      log->info("applied weight version {} ({:.1f} MB, {} buckets): received and verified in {:.3f} s, applied in "
-                "{:.3f} s, chain done at {:.3f} s",
-                version, bytes / 1e6, buckets, receive_seconds, applied->seconds, elapsed());
+      log->info("applied weight version {} (revision {}, {:.1f} MB, {} buckets): received and verified in {:.3f} s, applied "
+                "in {:.3f} s, chain done at {:.3f} s",
+                version, revision, bytes / 1e6, buckets, receive_seconds, applied->seconds, elapsed());
     if (!stream->Write(ToByteBuffer(response)))
       return ToGrpcStatus(Cancelled("the sender went away before the result"));
     return grpc::Status::OK;
@@ -383,6 +386,7 @@ grpc::Status GeneratorService::Info(grpc::ServerContext*, const v1::InfoRequest*
   response->set_vocab_size(d.vocab_size);
   response->set_max_context(d.max_context);
   response->set_policy_version(s.engine.policy_version);
+  response->set_policy_revision(s.engine.policy_revision);
   response->set_max_batch(s.engine.max_batch);
   response->set_busy_slots(s.engine.busy_slots);
   response->set_queue_depth(s.engine.queue_depth);
@@ -397,9 +401,10 @@ grpc::Status GeneratorService::Info(grpc::ServerContext*, const v1::InfoRequest*
 grpc::Status GeneratorService::Health(grpc::ServerContext*, const v1::HealthRequest*,
                                       v1::HealthResponse* response) {
   response->set_status(v1::HealthResponse::SERVING);
+  const auto serving = core_->policy_version_and_revision();
   response->set_message("generator " + core_->description().generator_id + " serving " +
-                        core_->description().model_name + " at policy version " +
-                        std::to_string(core_->policy_version()));
+                        core_->description().model_name + " at policy version " + std::to_string(serving.first) +
+                        (serving.second ? " revision " + std::to_string(serving.second) : std::string()));
   return grpc::Status::OK;
 }
 

@@ -4,6 +4,18 @@
 
 namespace spar {
 
+Status CheckPublishEverySteps(const LearnerConfig& c) {
+  if (c.publish_every_steps <= 0) return Status::Ok();
+  if (c.reference == "generator_logprobs")
+    return InvalidArgument("must be 0 with reference: generator_logprobs: the SPPO reference must be pi_t, and the "
+                           "generators' log-probs stop being pi_t's at the first intermediate publication (use "
+                           "reference: frozen_copy, or publish_every_steps: 0)");
+  if (c.weight_sync == "nccl")
+    return InvalidArgument("must be 0 with weight_sync: nccl: intermediate publications go down the gRPC relay "
+                           "chain, the NCCL group carries end-of-iteration versions only (use weight_sync: grpc)");
+  return Status::Ok();
+}
+
 Status ReadLearnerConfig(ConfigNode node, LearnerConfig* out) {
   node.Get("listen", &out->listen);
   node.Get("address", &out->address);
@@ -52,6 +64,8 @@ Status ReadLearnerConfig(ConfigNode node, LearnerConfig* out) {
   node.Get("rendezvous", &out->rendezvous);
   node.GetEnum("backend", &out->backend, {"gloo", "nccl"});
   node.Get("seed", &out->seed, 0);
+  Status publish = CheckPublishEverySteps(*out);
+  if (!publish.ok()) node.Error("publish_every_steps", publish.message());
   if (out->address.empty()) out->address = out->listen;
   return node.Finish();
 }

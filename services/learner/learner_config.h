@@ -23,7 +23,7 @@
 //     device: cpu                    # cpu | cuda | cuda:N
 //     dtype: float32                 # float32 | bfloat16 (autocast on GPU)
 //     gradient_checkpointing: false
-//     publish_every_steps: 0         # 0 = only at the end of each iteration
+//     publish_every_steps: 0         # 0 = only at the end of each iteration (see below)
 //     bucket_mb: 256                 # weight-stream bucket size
 //     weight_sync: grpc              # grpc (UpdateWeights relay chain) | nccl (broadcast group)
 //     nccl_rendezvous: 127.0.0.1:29600  # TCPStore of the NCCL weight group (this learner serves it)
@@ -34,6 +34,18 @@
 //     rendezvous: 127.0.0.1:29500    # TCPStore of the c10d group
 //     backend: gloo                  # gloo | nccl
 //     seed: 1
+//
+// publish_every_steps N > 0: besides version t+1 at the end of iteration t,
+// the learner publishes its weights after every N-th optimiser step of the
+// iteration as version t, revision r = 1, 2, ... (spar.v1 common.proto: the
+// version stays t, so everything that checks "version t during iteration t"
+// holds, and generators order weights by (version, revision)). They go to
+// the generator chain the orchestrator named last (StartIteration, else the
+// previous FinishIteration) over gRPC; a failed one is logged and training
+// goes on. The rollouts then come from pi_t,r while the SPPO reference stays
+// the frozen pi_t, so `reference: generator_logprobs` (the generators' log
+// pi_t) is refused with it, and so is `weight_sync: nccl` (the NCCL group
+// carries end-of-iteration versions only).
 #pragma once
 
 #include <string>
@@ -75,6 +87,11 @@ struct LearnerConfig {
   std::string backend = "gloo";
   int64_t seed = 1;
 };
+
+// OK, or why the config's publish_every_steps cannot be used with the rest
+// of it (InvalidArgument naming reference or weight_sync; the message
+// follows the key, as in "learner.publish_every_steps: must be 0 with ...").
+Status CheckPublishEverySteps(const LearnerConfig& config);
 
 // Reads the section (Finish() included); errors name the key.
 Status ReadLearnerConfig(ConfigNode node, LearnerConfig* out);

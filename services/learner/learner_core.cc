@@ -1,5 +1,6 @@
 #include "services/learner/learner_core.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -60,6 +61,8 @@ Result<std::unique_ptr<LearnerCore>> LearnerCore::Create(const LearnerConfig& co
                                                          uint64_t initial_version) {
   if (!policy) return InvalidArgument("learner needs a policy");
   if (group && group->rank() != 0) return InvalidArgument("only rank 0 runs the learner core");
+  Status publish = CheckPublishEverySteps(config);
+  if (!publish.ok()) return publish.WithContext("learner.publish_every_steps");
   SPAR_RETURN_IF_ERROR(policy->ConfigureTraining(config.gradient_checkpointing, config.dtype));
   return std::unique_ptr<LearnerCore>(
       new LearnerCore(config, std::move(policy), std::move(group), initial_version));
@@ -120,7 +123,11 @@ void LearnerCore::MaybeQueueStep() {
   }
 }
 
-Result<LearnerProgressSnapshot> LearnerCore::StartIteration(uint32_t iteration, uint64_t expected) {
+Result<LearnerProgressSnapshot> LearnerCore::StartIteration(uint32_t iteration, uint64_t expected,
+                                                           const std::vector<std::string>& generators) {
+  for (size_t i = 0; i < generators.size(); ++i)
+    if (generators[i].empty())
+      return InvalidArgument("learner: StartIteration: generator_addresses[" + std::to_string(i) + "] is empty");
   Command command;
   auto* begin = command.proto.mutable_begin();
   begin->set_iteration(iteration);
@@ -157,9 +164,15 @@ Result<LearnerProgressSnapshot> LearnerCore::StartIteration(uint32_t iteration, 
   std::lock_guard<std::mutex> lock(mutex_);
   iteration_ = iteration;
   iteration_open_ = true;
+  finishing_ = false;
   trained_iteration_ = -1;
   checkpointed_iteration_ = -1;
   version_ = iteration;
+  if (!generators.empty()) publish_chain_ = generators;
+  // A restarted iteration keeps counting its revisions (the generators may
+  // serve one of them already).
+  if (revision_iteration_ != static_cast<int64_t>(iteration)) revision_ = 0;
+  revision_iteration_ = iteration;
   progress_ = LearnerProgressSnapshot();
   progress_.iteration = iteration;
   progress_.policy_version = version_;
@@ -204,6 +217,8 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
     // checkpointed already; training again (extra epochs) would publish
     // other weights under the same version.
     retry = trained_iteration_ == static_cast<int64_t>(iteration);
+    finishing_ = true;
+    if (!generators.empty()) publish_chain_ = generators;
     // Train what is left as a last (smaller) batch per K.
     while (!retry && !pending_.empty()) {
       auto command = std::make_unique<Command>();
@@ -303,24 +318,7 @@ Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, cons
     Logger("learner")->info("broadcast version {} ({:.1f} MB, {} buckets) to {} generator(s) over NCCL in {:.2f} s",
                             version, sent->bytes / 1e6, sent->buckets, config_.nccl_world_size - 1, sent->seconds);
   } else if (!generators.empty()) {
-    // Contiguous CPU copies in the checkpoint dtype, alive while publishing.
-    std::vector<torch::Tensor> keep;
-    std::vector<WeightTensorView> views;
-    {
-      torch::NoGradGuard no_grad;
-      for (auto& [name, t] : policy_->NamedWeights()) {
-        torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
-        std::string dtype = cpu.scalar_type() == torch::kBFloat16 ? "BF16"
-                            : cpu.scalar_type() == torch::kFloat16 ? "F16"
-                                                                   : "F32";
-        if (dtype == "F32" && cpu.scalar_type() != torch::kFloat32) cpu = cpu.to(torch::kFloat32);
-        keep.push_back(cpu);
-        views.push_back({name, dtype, cpu.sizes().vec(), cpu.data_ptr(), static_cast<uint64_t>(cpu.nbytes())});
-      }
-    }
-    SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(version, std::move(views),
-                                                                  static_cast<uint64_t>(config_.bucket_mb) << 20));
-    auto published = PublishWeights(writer, generators, std::chrono::minutes(30));
+    auto published = PublishToChain(version, 0, generators);
     if (!published.ok()) return published.status().WithContext("learner: publishing version " + std::to_string(version));
     out.publish = *published;
     out.published = true;
@@ -332,10 +330,82 @@ Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, cons
   version_ = version;
   iteration_open_ = false;
   progress_.policy_version = version_;
+  progress_.policy_revision = 0;
   out.policy_version = version_;
   out.progress = progress_;  // the iteration's last step, before the reset
   progress_.step = 0;
   return out;
+}
+
+Result<PublishResult> LearnerCore::PublishToChain(uint64_t version, uint64_t revision,
+                                                  const std::vector<std::string>& chain) {
+  // CPU tensors in the checkpoint dtype, alive while publishing: for float32
+  // CPU parameters these are the parameters themselves (no copy), which the
+  // publisher frames straight into the stream.
+  std::vector<torch::Tensor> keep;
+  std::vector<WeightTensorView> views;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : policy_->NamedWeights()) {
+      torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
+      std::string dtype = cpu.scalar_type() == torch::kBFloat16 ? "BF16"
+                          : cpu.scalar_type() == torch::kFloat16 ? "F16"
+                                                                 : "F32";
+      if (dtype == "F32" && cpu.scalar_type() != torch::kFloat32) cpu = cpu.to(torch::kFloat32);
+      keep.push_back(cpu);
+      views.push_back({name, dtype, cpu.sizes().vec(), cpu.data_ptr(), static_cast<uint64_t>(cpu.nbytes())});
+    }
+  }
+  SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(version, std::move(views),
+                                                                static_cast<uint64_t>(config_.bucket_mb) << 20,
+                                                                revision));
+  return PublishWeights(writer, chain, std::chrono::minutes(30));
+}
+
+void LearnerCore::PublishIntermediate(int64_t step) {
+  auto log = Logger("learner");
+  std::vector<std::string> chain;
+  uint64_t version = 0, revision = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (finishing_ || !iteration_open_) return;
+    chain = publish_chain_;
+    version = version_;
+    revision = revision_ + 1;
+  }
+  if (chain.empty()) {
+    log->warn("step {}: no generator chain for the intermediate publication (the orchestrator names it at "
+              "StartIteration or FinishIteration); skipped",
+              step);
+    return;
+  }
+  // Continue after the highest revision of this version the chain serves
+  // (a restarted iteration or learner starts counting again).
+  for (const auto& address : chain) {
+    auto serving = ServingVersion(address, std::chrono::seconds(10));
+    if (!serving.ok()) continue;  // the publication says what is wrong with it
+    if (serving->first > version) {
+      log->warn("step {}: generator at {} serves version {} already, newer than this iteration's {}; intermediate "
+                "publication skipped",
+                step, address, serving->first, version);
+      return;
+    }
+    if (serving->first == version) revision = std::max(revision, serving->second + 1);
+  }
+  auto published = PublishToChain(version, revision, chain);
+  std::lock_guard<std::mutex> lock(mutex_);
+  revision_ = revision;
+  if (!published.ok()) {
+    ++progress_.intermediate_publish_failures;
+    log->warn("step {}: intermediate publication of version {} revision {} failed; training goes on: {}", step,
+              version, revision, published.status().ToString());
+    return;
+  }
+  ++progress_.intermediate_publications;
+  progress_.policy_revision = revision;
+  log->info("step {}: published version {} revision {} ({:.1f} MB) to {} generator(s) in {:.2f} s ({:.2f} GB/s)",
+            step, version, revision, published->bytes / 1e6, chain.size(), published->seconds,
+            published->gigabytes_per_second());
 }
 
 LearnerProgressSnapshot LearnerCore::Progress() const {
@@ -363,17 +433,21 @@ Status LearnerCore::Execute(const Command& command) {
     if (mine.empty()) mine.push_back(ExampleFromProto(p.step().examples(n - 1)));
     auto stats = trainer_->Step(mine);
     if (!stats.ok()) return stats.status();
-    std::lock_guard<std::mutex> lock(mutex_);
-    progress_.step = stats->step;
-    progress_.loss = stats->loss;
-    progress_.learning_rate = stats->learning_rate;
-    progress_.grad_norm = stats->grad_norm;
-    progress_.examples_seen += static_cast<uint64_t>(n);
-    if (stats->seconds > 0) {
-      progress_.tokens_per_second = static_cast<double>(stats->tokens) * world / stats->seconds;
-      progress_.samples_per_second = static_cast<double>(n) / stats->seconds;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      progress_.step = stats->step;
+      progress_.loss = stats->loss;
+      progress_.learning_rate = stats->learning_rate;
+      progress_.grad_norm = stats->grad_norm;
+      progress_.examples_seen += static_cast<uint64_t>(n);
+      if (stats->seconds > 0) {
+        progress_.tokens_per_second = static_cast<double>(stats->tokens) * world / stats->seconds;
+        progress_.samples_per_second = static_cast<double>(n) / stats->seconds;
+      }
+      progress_.examples_pending = pending_.size();
     }
-    progress_.examples_pending = pending_.size();
+    if (config_.publish_every_steps > 0 && stats->step % config_.publish_every_steps == 0)
+      PublishIntermediate(stats->step);
     return Status::Ok();
   }
   return Status::Ok();

@@ -8,6 +8,7 @@
 //                      train each iteration as a fresh run from pi_t).
 //                      Starting t again (after an orchestrator crash) drops
 //                      queued work and restores pi_t from its checkpoint.
+//                      It may name the generator chain (see below).
 //   Submit(examples)   each is validated (bad ones are rejected with the
 //                      reason; training goes on with the rest) and queued;
 //                      the training thread steps whenever batch_groups are
@@ -16,6 +17,18 @@
 //                      HF checkpoint + optimiser state, streams version t+1
 //                      to the generator chain (gRPC) or broadcasts it to the
 //                      NCCL group (learner.weight_sync), and returns.
+//
+// Intermediate publications (learner.publish_every_steps = N > 0): after
+// every N-th optimiser step of iteration t the training thread streams the
+// weights as version t, revision r (r counts the iteration's intermediate
+// publications) to the chain last named (StartIteration, else the last
+// FinishIteration); the version stays t, so "policy version t+1 = the end of
+// iteration t" holds for everything that checks it. r continues after the
+// highest revision of t the chain serves already (asked over Info first),
+// so a restarted iteration or learner is not refused as older. A failed
+// intermediate publication is logged and training goes on; none is made once
+// FinishIteration has begun (every rollout of t has been generated then, and
+// version t+1 follows).
 //
 // Data parallel: rank 0 runs this core and serves the gRPC service; it
 // broadcasts each command and batch to the other ranks (RunFollower), so
@@ -61,6 +74,9 @@ struct LearnerProgressSnapshot {
   uint64_t examples_seen = 0;
   uint64_t examples_pending = 0;
   uint64_t policy_version = 0;
+  uint64_t policy_revision = 0;  // the last intermediate publication of policy_version that succeeded
+  uint64_t intermediate_publications = 0;   // this iteration: succeeded
+  uint64_t intermediate_publish_failures = 0;
   double seconds_waiting_for_data = 0;
 };
 
@@ -87,7 +103,10 @@ class LearnerCore {
                                                      uint64_t initial_version = 0);
   ~LearnerCore();
 
-  Result<LearnerProgressSnapshot> StartIteration(uint32_t iteration, uint64_t expected_examples);
+  // `generators`, when not empty, becomes the chain of intermediate
+  // publications. InvalidArgument for an empty address in it.
+  Result<LearnerProgressSnapshot> StartIteration(uint32_t iteration, uint64_t expected_examples,
+                                                 const std::vector<std::string>& generators = {});
   SubmitOutcome Submit(std::vector<LearnerExample> examples);
   Result<FinishOutcome> FinishIteration(uint32_t iteration, const std::vector<std::string>& generators,
                                         const std::string& checkpoint_dir);
@@ -107,6 +126,10 @@ class LearnerCore {
   // did), then publish version iteration+1. Called by one thread at a time.
   Result<FinishOutcome> CheckpointAndPublish(uint32_t iteration, const std::vector<std::string>& generators,
                                              const std::string& checkpoint_dir);
+  // Streams the current weights as (version, revision) down `chain` (gRPC).
+  Result<PublishResult> PublishToChain(uint64_t version, uint64_t revision, const std::vector<std::string>& chain);
+  // After every publish_every_steps-th step, on the training thread.
+  void PublishIntermediate(int64_t step);
   Status Execute(const Command& command);           // on the training thread
   std::future<Status> Post(Command command);
   void TrainingLoop();
@@ -130,6 +153,10 @@ class LearnerCore {
   int64_t trained_iteration_ = -1;                  // FinishIteration trained it (a retry only publishes)
   int64_t checkpointed_iteration_ = -1;             // its checkpoint is written
   uint64_t version_ = 0;
+  bool finishing_ = false;                          // FinishIteration began: no more intermediate publications
+  std::vector<std::string> publish_chain_;          // last chain named by the orchestrator
+  uint64_t revision_ = 0;                           // last intermediate revision tried of version_
+  int64_t revision_iteration_ = -1;                 // the iteration revision_ counts for
   LearnerProgressSnapshot progress_;
   bool stopping_ = false;
   std::thread thread_;

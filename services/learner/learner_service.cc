@@ -15,11 +15,13 @@ void ToProto(const LearnerProgressSnapshot& p, v1::LearnerProgress* out) {
   out->set_examples_seen(p.examples_seen);
   out->set_examples_pending(p.examples_pending);
   out->set_policy_version(p.policy_version);
+  out->set_policy_revision(p.policy_revision);
 }
 
 grpc::Status LearnerService::StartIteration(grpc::ServerContext*, const v1::StartIterationRequest* req,
                                             v1::LearnerProgress* resp) {
-  auto p = core_->StartIteration(req->iteration(), req->expected_examples());
+  std::vector<std::string> chain(req->generator_addresses().begin(), req->generator_addresses().end());
+  auto p = core_->StartIteration(req->iteration(), req->expected_examples(), chain);
   if (!p.ok()) return ToGrpcStatus(p.status());
   ToProto(*p, resp);
   return grpc::Status::OK;
@@ -83,7 +85,9 @@ grpc::Status LearnerService::Info(grpc::ServerContext*, const v1::InfoRequest*, 
   resp->set_optimizer(c.optimizer);
   resp->set_world_size(c.world_size);
   resp->set_rank(c.rank);
-  resp->set_policy_version(core_->Progress().policy_version);
+  const LearnerProgressSnapshot progress = core_->Progress();
+  resp->set_policy_version(progress.policy_version);
+  resp->set_policy_revision(progress.policy_revision);
   return grpc::Status::OK;
 }
 

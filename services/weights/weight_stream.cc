@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <set>
 
 #include <google/protobuf/io/coded_stream.h>
@@ -49,11 +51,12 @@ uint64_t Manifest(const std::vector<uint64_t>& checksums) {
 
 Result<WeightStreamWriter> WeightStreamWriter::Create(uint64_t version,
                                                       std::vector<WeightTensorView> tensors,
-                                                      uint64_t bucket_bytes) {
+                                                      uint64_t bucket_bytes, uint64_t revision) {
   if (tensors.empty()) return InvalidArgument("weight stream: no tensors");
   if (bucket_bytes == 0) return InvalidArgument("weight stream: bucket_bytes must be > 0");
   WeightStreamWriter w;
   w.version_ = version;
+  w.revision_ = revision;
   std::set<std::string> names;
   for (const auto& t : tensors) {
     if (!names.insert(t.name).second)
@@ -91,6 +94,7 @@ Result<WeightStreamWriter> WeightStreamWriter::Create(uint64_t version,
 v1::WeightStreamHeader WeightStreamWriter::Header(const std::vector<std::string>& relay_to) const {
   v1::WeightStreamHeader h;
   h.set_version(version_);
+  h.set_revision(revision_);
   h.set_total_bytes(total_bytes_);
   h.set_bucket_count(bucket_count());
   h.set_tensor_count(static_cast<uint32_t>(tensors_.size()));
@@ -98,14 +102,10 @@ v1::WeightStreamHeader WeightStreamWriter::Header(const std::vector<std::string>
   return h;
 }
 
-void WeightStreamWriter::FillBucket(uint32_t index, v1::WeightBucket* out) {
+void WeightStreamWriter::BucketMetadata(uint32_t index, v1::WeightBucket* out) const {
   out->Clear();
   out->set_version(version_);
   out->set_index(index);
-  uint64_t size = 0;
-  for (const auto& p : buckets_[index]) size += p.nbytes;
-  std::string* data = out->mutable_data();
-  data->resize(size);
   uint64_t at = 0;
   for (const auto& p : buckets_[index]) {
     const auto& t = tensors_[p.tensor];
@@ -117,6 +117,19 @@ void WeightStreamWriter::FillBucket(uint32_t index, v1::WeightBucket* out) {
     slice->set_nbytes(p.nbytes);
     slice->set_tensor_offset(p.tensor_offset);
     slice->set_tensor_nbytes(t.nbytes);
+    at += p.nbytes;
+  }
+}
+
+void WeightStreamWriter::FillBucket(uint32_t index, v1::WeightBucket* out) {
+  BucketMetadata(index, out);
+  uint64_t size = 0;
+  for (const auto& p : buckets_[index]) size += p.nbytes;
+  std::string* data = out->mutable_data();
+  data->resize(size);
+  uint64_t at = 0;
+  for (const auto& p : buckets_[index]) {
+    const auto& t = tensors_[p.tensor];
     if (p.nbytes) std::memcpy(data->data() + at, static_cast<const char*>(t.data) + p.tensor_offset, p.nbytes);
     at += p.nbytes;
   }
@@ -125,12 +138,78 @@ void WeightStreamWriter::FillBucket(uint32_t index, v1::WeightBucket* out) {
   out->set_checksum(checksums_[index]);
 }
 
+namespace {
+
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// Tags (field number << 3 | wire type) of the fields framed by hand.
+constexpr char kMessageBucketTag = (2 << 3) | 2;  // WeightStreamMessage.bucket
+constexpr char kBucketDataTag = (4 << 3) | 2;     // WeightBucket.data
+constexpr char kBucketChecksumTag = (5 << 3) | 0; // WeightBucket.checksum
+
+}  // namespace
+
+void WeightStreamWriter::SerializeBucket(uint32_t index, SerializedBucket* out) {
+  // Fields are written in field-number order with proto3's rule that zero
+  // scalars and empty bytes are left out, as the generated serializer does:
+  // metadata (1-3) by protobuf, data (4) and checksum (5) framed here.
+  out->data.clear();
+  out->data_bytes = 0;
+  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state(XXH3_createState(), XXH3_freeState);
+  if (!state || XXH3_64bits_reset(state.get()) != XXH_OK) throw std::bad_alloc();
+  for (const auto& p : buckets_[index]) {
+    if (p.nbytes == 0) continue;
+    const char* at = static_cast<const char*>(tensors_[p.tensor].data) + p.tensor_offset;
+    XXH3_64bits_update(state.get(), at, p.nbytes);
+    out->data.emplace_back(at, static_cast<size_t>(p.nbytes));
+    out->data_bytes += p.nbytes;
+  }
+  const uint64_t checksum = XXH3_64bits_digest(state.get());
+  checksums_[index] = checksum;
+  filled_[index] = true;
+
+  v1::WeightBucket meta;
+  BucketMetadata(index, &meta);
+  const size_t meta_bytes = meta.ByteSizeLong();
+  const uint64_t data_field = out->data_bytes ? 1 + VarintSize(out->data_bytes) + out->data_bytes : 0;
+  const uint64_t checksum_field = checksum ? 1 + VarintSize(checksum) : 0;
+  out->head.clear();
+  out->head.push_back(kMessageBucketTag);
+  AppendVarint(&out->head, meta_bytes + data_field + checksum_field);
+  meta.AppendToString(&out->head);
+  if (out->data_bytes) {
+    out->head.push_back(kBucketDataTag);
+    AppendVarint(&out->head, out->data_bytes);
+  }
+  out->tail.clear();
+  if (checksum) {
+    out->tail.push_back(kBucketChecksumTag);
+    AppendVarint(&out->tail, checksum);
+  }
+}
+
 Result<v1::WeightStreamCommit> WeightStreamWriter::Commit() const {
   for (size_t i = 0; i < filled_.size(); ++i)
     if (!filled_[i])
       return FailedPrecondition("weight stream: bucket " + std::to_string(i) + " was never sent");
   v1::WeightStreamCommit c;
   c.set_version(version_);
+  c.set_revision(revision_);
   c.set_manifest_checksum(Manifest(checksums_));
   c.set_total_bytes(total_bytes_);
   return c;
@@ -167,13 +246,15 @@ StagedTensor WeightStreamAssembler::TakeBuffer(const std::string& name, uint64_t
 
 Status WeightStreamAssembler::Begin(const v1::WeightStreamHeader& header) {
   if (header.resume_from_bucket() > 0) {
-    if (!active_ || header.version() != staged_.version ||
+    if (!active_ || header.version() != staged_.version || header.revision() != staged_.revision ||
         header.resume_from_bucket() != buckets_received() ||
         header.total_bytes() != header_.total_bytes() || header.bucket_count() != header_.bucket_count())
       return FailedPrecondition(
-          "weight stream: cannot resume version " + std::to_string(header.version()) +
-          " at bucket " + std::to_string(header.resume_from_bucket()) + " (have " +
-          (active_ ? "version " + std::to_string(staged_.version) + ", " +
+          "weight stream: cannot resume version " + std::to_string(header.version()) + " revision " +
+          std::to_string(header.revision()) + " at bucket " + std::to_string(header.resume_from_bucket()) +
+          " (have " +
+          (active_ ? "version " + std::to_string(staged_.version) + " revision " +
+                         std::to_string(staged_.revision) + ", " +
                          std::to_string(buckets_received()) + " buckets"
                    : std::string("nothing")) +
           "); restart from bucket 0");
@@ -188,6 +269,7 @@ Status WeightStreamAssembler::Begin(const v1::WeightStreamHeader& header) {
                              " bytes exceed this receiver's limit of " + std::to_string(max_total_bytes_));
   header_ = header;
   staged_.version = header.version();
+  staged_.revision = header.revision();
   staged_.total_bytes = header.total_bytes();
   active_ = true;
   return Status::Ok();
@@ -427,6 +509,9 @@ Result<StagedWeights> WeightStreamAssembler::Commit(const v1::WeightStreamCommit
   if (commit.version() != staged_.version)
     return InvalidArgument("weight stream commit: version " + std::to_string(commit.version()) +
                            " for a stream of version " + std::to_string(staged_.version));
+  if (commit.revision() != staged_.revision)
+    return InvalidArgument("weight stream commit: revision " + std::to_string(commit.revision()) +
+                           " for a stream of revision " + std::to_string(staged_.revision));
   if (buckets_received() != header_.bucket_count())
     return DataLoss("weight stream commit: " + std::to_string(buckets_received()) + " of " +
                     std::to_string(header_.bucket_count()) + " buckets arrived");

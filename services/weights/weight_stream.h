@@ -2,13 +2,17 @@
 // versioned, checksummed buckets, and assembling them back, checking
 // everything, before a single byte is applied.
 //
-// A stream is: header (version, sizes, relay chain), buckets 0..n-1 in
-// order, commit (manifest checksum). Buckets pack many tensors up to
+// A stream is: header (version, revision, sizes, relay chain), buckets
+// 0..n-1 in order, commit (manifest checksum). Buckets pack many tensors up to
 // `bucket_bytes` (hundreds of MB in production); a tensor larger than a
 // bucket is split across consecutive buckets. Each bucket carries the
 // XXH3-64 of its data; the commit carries XXH3-64 over the bucket checksums.
 //
-// Copies: the writer copies each byte once (tensor -> bucket message); the
+// Copies: SerializeBucket() copies nothing: it frames a bucket as the bytes
+// of a serialized message whose data are views of the tensors (the sender
+// hands them to gRPC as slices, so the only copy on the sending side is the
+// kernel's), hashing them where they lie; FillBucket() (a WeightBucket
+// message, for tests and callers that want one) copies each byte once. The
 // assembler copies each byte once (bucket -> staging buffer), hashing it
 // while it is in cache. ReadMessage() stages a bucket straight from the
 // receive buffers of a serialized message (gRPC slices), so the bucket's data
@@ -46,6 +50,19 @@ struct WeightTensorView {
   uint64_t nbytes = 0;
 };
 
+// One bucket as the serialized bytes of its WeightStreamMessage, the data
+// left where it lies: `head` (message and bucket framing, version, index,
+// slices, the data field's tag and length), the `data` pieces (views of the
+// tensors, in order, none empty), then `tail` (the checksum field).
+// Concatenated they are exactly WeightStreamMessage{bucket: FillBucket(i)}
+// serialized. The views are the writer's tensors': valid as long as they are.
+struct SerializedBucket {
+  std::string head;
+  std::vector<std::pair<const char*, size_t>> data;
+  std::string tail;
+  uint64_t data_bytes = 0;
+};
+
 // Byte size of one element of a safetensors dtype name, 0 if unknown.
 size_t WeightDTypeSize(const std::string& dtype);
 
@@ -55,15 +72,21 @@ class WeightStreamWriter {
  public:
   // The views must stay valid (and unchanged) while the writer is used.
   // InvalidArgument for an empty set, duplicate names, unknown dtypes or a
-  // shape that disagrees with nbytes; bucket_bytes must be > 0.
+  // shape that disagrees with nbytes; bucket_bytes must be > 0. `revision`
+  // marks an intermediate publication within `version` (common.proto).
   static Result<WeightStreamWriter> Create(uint64_t version, std::vector<WeightTensorView> tensors,
-                                           uint64_t bucket_bytes);
+                                           uint64_t bucket_bytes, uint64_t revision = 0);
 
   v1::WeightStreamHeader Header(const std::vector<std::string>& relay_to = {}) const;
   uint32_t bucket_count() const { return static_cast<uint32_t>(buckets_.size()); }
   uint64_t total_bytes() const { return total_bytes_; }
+  uint64_t version() const { return version_; }
+  uint64_t revision() const { return revision_; }
   // Fills bucket `index` (one copy of its bytes) and records its checksum.
   void FillBucket(uint32_t index, v1::WeightBucket* out);
+  // Frames bucket `index` without copying its data (see SerializedBucket)
+  // and records its checksum. `out`'s buffers are reused across calls.
+  void SerializeBucket(uint32_t index, SerializedBucket* out);
   // The commit; FailedPrecondition until every bucket has been filled once.
   Result<v1::WeightStreamCommit> Commit() const;
 
@@ -74,7 +97,10 @@ class WeightStreamWriter {
     uint64_t nbytes;
   };
   WeightStreamWriter() = default;
+  // The bucket's version, index and slices (no data, no checksum).
+  void BucketMetadata(uint32_t index, v1::WeightBucket* out) const;
   uint64_t version_ = 0;
+  uint64_t revision_ = 0;
   uint64_t total_bytes_ = 0;
   std::vector<WeightTensorView> tensors_;
   std::vector<std::vector<Piece>> buckets_;
@@ -91,6 +117,7 @@ struct StagedTensor {
 
 struct StagedWeights {
   uint64_t version = 0;
+  uint64_t revision = 0;
   uint64_t total_bytes = 0;
   std::map<std::string, StagedTensor> tensors;
 };
@@ -101,7 +128,7 @@ class WeightStreamAssembler {
       : max_total_bytes_(max_total_bytes) {}
 
   // Starts (or, with header.resume_from_bucket == buckets_received() for
-  // the same version, resumes) a stream. InvalidArgument for a malformed
+  // the same version and revision, resumes) a stream. InvalidArgument for a malformed
   // header; FailedPrecondition for a resume that does not line up.
   Status Begin(const v1::WeightStreamHeader& header);
   // Checks and stages one bucket: right version, next index, checksum,
@@ -129,6 +156,7 @@ class WeightStreamAssembler {
   void Reset();
   bool active() const { return active_; }
   uint64_t version() const { return staged_.version; }
+  uint64_t revision() const { return staged_.revision; }
   uint32_t buckets_received() const { return static_cast<uint32_t>(checksums_.size()); }
   uint64_t bytes_received() const { return bytes_received_; }
 

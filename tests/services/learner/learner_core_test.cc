@@ -1,6 +1,8 @@
 #include "services/learner/learner_core.h"
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -123,6 +125,64 @@ TEST_F(LearnerCoreTest, RetriedFinishAfterAFailedPublicationOnlyPublishes) {
   EXPECT_TRUE(torch::equal(trained, raw->Flat()));
   EXPECT_EQ(retried->progress.step, steps);
   EXPECT_TRUE(std::filesystem::exists(retried->checkpoint_dir + "/spar_learner_state.json"));
+}
+
+TEST_F(LearnerCoreTest, PublishEveryStepsIsRefusedWithGeneratorLogprobsOrNccl) {
+  config_.publish_every_steps = 2;
+  config_.reference = "generator_logprobs";
+  auto refused = LearnerCore::Create(config_, std::make_unique<BigramPolicy>(11), nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("learner.publish_every_steps"), std::string::npos)
+      << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("reference: frozen_copy"), std::string::npos);
+  config_.reference = "frozen_copy";
+  config_.weight_sync = "nccl";
+  refused = LearnerCore::Create(config_, std::make_unique<BigramPolicy>(11), nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("weight_sync: grpc"), std::string::npos) << refused.status().ToString();
+
+  auto parse = [](const std::string& yaml, LearnerConfig* c) -> Status {
+    auto root = ConfigNode::LoadString(yaml, "l.yaml");
+    if (!root.ok()) return root.status();
+    return ReadLearnerConfig(root->Child("learner"), c);
+  };
+  LearnerConfig c;
+  Status s = parse("learner: {model: m, publish_every_steps: 4, reference: generator_logprobs}", &c);
+  EXPECT_NE(s.message().find("learner.publish_every_steps: must be 0 with reference: generator_logprobs"),
+            std::string::npos)
+      << s.ToString();
+  LearnerConfig ok;
+  ASSERT_TRUE(parse("learner: {model: m, publish_every_steps: 4}", &ok).ok());
+  EXPECT_EQ(ok.publish_every_steps, 4);
+}
+
+TEST_F(LearnerCoreTest, AFailedIntermediatePublicationIsCountedAndTrainingGoesOn) {
+  config_.publish_every_steps = 1;
+  auto policy = std::make_unique<BigramPolicy>(11);
+  BigramPolicy* raw = policy.get();
+  torch::Tensor before = raw->Flat().clone();
+  auto core = LearnerCore::Create(config_, std::move(policy), nullptr);
+  ASSERT_TRUE(core.ok()) << core.status().ToString();
+  EXPECT_EQ((*core)->StartIteration(0, 8, {"127.0.0.1:50071", ""}).status().code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*core)->StartIteration(0, 8, {"127.0.0.1:1"}).ok());  // nothing listens there
+  std::vector<LearnerExample> batch;
+  for (int i = 0; i < 8; ++i) batch.push_back(Example(i));
+  ASSERT_EQ((*core)->Submit(batch).accepted, 8u);
+  // Two steps of 4, each followed by a publication that fails.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while ((*core)->Progress().intermediate_publish_failures < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  LearnerProgressSnapshot p = (*core)->Progress();
+  EXPECT_EQ(p.step, 2);
+  EXPECT_EQ(p.intermediate_publish_failures, 2u);
+  EXPECT_EQ(p.intermediate_publications, 0u);
+  EXPECT_EQ(p.policy_version, 0u);
+  EXPECT_EQ(p.policy_revision, 0u);
+  auto finished = (*core)->FinishIteration(0, {}, "");
+  ASSERT_TRUE(finished.ok()) << finished.status().ToString();
+  EXPECT_EQ(finished->policy_version, 1u);
+  EXPECT_FALSE(torch::allclose(before, raw->Flat()));
 }
 
 }  // namespace

@@ -2,8 +2,15 @@
 // learner trains an iteration on the tiny Llama, publishes version 1 to a
 // real generator service (in-process, real gRPC), and the generator then
 // serves version 1 with the learner's exact log-probabilities. A stream cut
-// halfway leaves the generator on its old version.
+// halfway leaves the generator on its old version. With
+// learner.publish_every_steps the generator serves the iteration's version
+// with a new revision after each step, and the next version (revision 0) at
+// the end; older (version, revision) pairs are refused.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+#include <utility>
 
 #include "services/learner/causal_lm_policy.h"
 #include "services/learner/learner_core.h"
@@ -17,6 +24,7 @@ struct Greedy {
   std::vector<int32_t> prompt, tokens;
   std::vector<float> logprobs;
   uint64_t version = 0;
+  uint64_t revision = 0;
 };
 
 Greedy GenerateGreedy(v1::Generator::Stub* stub) {
@@ -40,6 +48,7 @@ Greedy GenerateGreedy(v1::Generator::Stub* stub) {
       out.tokens.assign(r.token_ids().begin(), r.token_ids().end());
       out.logprobs.assign(r.logprobs().begin(), r.logprobs().end());
       out.version = r.policy_version();
+      out.revision = r.policy_revision();
     }
   }
   EXPECT_TRUE(reader->Finish().ok());
@@ -133,6 +142,131 @@ TEST(WeightSyncE2E, GeneratorServesTheLearnersNewVersionAndACutStreamChangesNoth
   EXPECT_EQ(still.version, 1u);
   EXPECT_EQ(still.tokens, after.tokens);
   ExpectSameModel(*policy, still);
+}
+
+std::pair<uint64_t, uint64_t> Serving(v1::Generator::Stub* stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::GeneratorInfo info;
+  EXPECT_TRUE(stub->Info(&ctx, v1::InfoRequest(), &info).ok());
+  return {info.policy_version(), info.policy_revision()};
+}
+
+// The policy's weights as float32 views, published as (version, revision).
+Result<PublishResult> PublishPolicy(TrainablePolicy& policy, uint64_t version, uint64_t revision,
+                                    const std::string& address) {
+  std::vector<torch::Tensor> keep;
+  std::vector<WeightTensorView> views;
+  for (auto& [name, t] : policy.NamedWeights()) {
+    keep.push_back(t.detach().to(torch::kFloat32).contiguous());
+    views.push_back({name, "F32", keep.back().sizes().vec(), keep.back().data_ptr(),
+                     static_cast<uint64_t>(keep.back().nbytes())});
+  }
+  SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(version, views, 8 << 20, revision));
+  return PublishWeights(writer, {address}, std::chrono::seconds(60));
+}
+
+TEST(WeightSyncE2E, IntermediatePublicationsServeRevisionsThenTheNextVersion) {
+  SPAR_REQUIRE_TINY_MODEL();
+  auto gen = StartGenerator(TinyGeneratorConfig("gen-revisions"));
+  ASSERT_NE(gen, nullptr);
+  auto before = GenerateGreedy(gen->stub.get());
+  EXPECT_EQ(before.version, 0u);
+  EXPECT_EQ(before.revision, 0u);
+
+  auto loaded = CausalLMPolicy::Load(TinyModelDir(), "cpu", "float32");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  CausalLMPolicy* policy = loaded->get();
+  LearnerConfig config;
+  config.model = TinyModelDir();
+  config.batch_groups = 2;
+  config.learning_rate = 3e-3;
+  config.warmup_ratio = 0;
+  config.loss.eta = 4;
+  config.max_length = 24;
+  config.max_prompt_length = 12;
+  config.bucket_mb = 8;
+  config.publish_every_steps = 1;
+  auto core = LearnerCore::Create(config, std::move(*loaded), nullptr);
+  ASSERT_TRUE(core.ok()) << core.status().ToString();
+  // The orchestrator names the chain when the iteration starts.
+  ASSERT_TRUE((*core)->StartIteration(0, 4, {gen->server.address}).ok());
+  auto examples = [&](int from) {
+    std::vector<LearnerExample> out;
+    for (int i = from; i < from + 2; ++i) {
+      LearnerExample e;
+      e.prompt_id = "p" + std::to_string(i);
+      e.prompt_ids = before.prompt;
+      e.responses = {before.tokens, {static_cast<int32_t>(1000 + i), 1001, 1002}};
+      e.win_rates = {0.1, 0.9};
+      out.push_back(e);
+    }
+    return out;
+  };
+  auto await_publications = [&](uint64_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while ((*core)->Progress().intermediate_publications < n && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return (*core)->Progress();
+  };
+
+  // Step 1 -> version 0 revision 1, with the learner's weights after it.
+  ASSERT_EQ((*core)->Submit(examples(0)).accepted, 2u);
+  LearnerProgressSnapshot p = await_publications(1);
+  ASSERT_EQ(p.intermediate_publications, 1u);
+  EXPECT_EQ(p.intermediate_publish_failures, 0u);
+  EXPECT_EQ(p.policy_version, 0u);
+  EXPECT_EQ(p.policy_revision, 1u);
+  EXPECT_EQ(Serving(gen->stub.get()), std::make_pair(uint64_t{0}, uint64_t{1}));
+  auto first = GenerateGreedy(gen->stub.get());
+  EXPECT_EQ(first.version, 0u);
+  EXPECT_EQ(first.revision, 1u);
+  ExpectSameModel(*policy, first);
+
+  // Step 2 -> revision 2.
+  ASSERT_EQ((*core)->Submit(examples(2)).accepted, 2u);
+  p = await_publications(2);
+  ASSERT_EQ(p.intermediate_publications, 2u);
+  EXPECT_EQ(p.policy_revision, 2u);
+  EXPECT_EQ(Serving(gen->stub.get()), std::make_pair(uint64_t{0}, uint64_t{2}));
+  auto second = GenerateGreedy(gen->stub.get());
+  EXPECT_EQ(second.revision, 2u);
+  ExpectSameModel(*policy, second);
+
+  // An older revision is refused (the generator keeps serving 0.2); the
+  // same (version, revision) with the same weights is a no-op.
+  auto older = PublishPolicy(*policy, 0, 1, gen->server.address);
+  ASSERT_FALSE(older.ok());
+  EXPECT_NE(older.status().message().find("older than the serving version 0 revision 2"), std::string::npos)
+      << older.status().ToString();
+  auto same = PublishPolicy(*policy, 0, 2, gen->server.address);
+  EXPECT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_EQ(Serving(gen->stub.get()), std::make_pair(uint64_t{0}, uint64_t{2}));
+
+  // The end of the iteration: version 1, revision 0, no intermediate
+  // publication for the last steps.
+  auto finished = (*core)->FinishIteration(0, {gen->server.address}, "");
+  ASSERT_TRUE(finished.ok()) << finished.status().ToString();
+  EXPECT_EQ(finished->policy_version, 1u);
+  EXPECT_EQ(finished->publish.result.revision(), 0u);
+  EXPECT_EQ(Serving(gen->stub.get()), std::make_pair(uint64_t{1}, uint64_t{0}));
+  EXPECT_EQ((*core)->Progress().policy_revision, 0u);
+  auto after = GenerateGreedy(gen->stub.get());
+  EXPECT_EQ(after.version, 1u);
+  EXPECT_EQ(after.revision, 0u);
+  ExpectSameModel(*policy, after);
+  // Any revision of version 0 is older than version 1.
+  auto stale = PublishPolicy(*policy, 0, 5, gen->server.address);
+  ASSERT_FALSE(stale.ok());
+  EXPECT_NE(stale.status().message().find("older than the serving version 1"), std::string::npos)
+      << stale.status().ToString();
+
+  // Iteration 1 restarts its revisions at 1 (the chain is the one last given).
+  ASSERT_TRUE((*core)->StartIteration(1, 2).ok());
+  ASSERT_EQ((*core)->Submit(examples(4)).accepted, 2u);
+  p = await_publications(1);
+  EXPECT_EQ(p.policy_revision, 1u);
+  EXPECT_EQ(Serving(gen->stub.get()), std::make_pair(uint64_t{1}, uint64_t{1}));
 }
 
 }  // namespace

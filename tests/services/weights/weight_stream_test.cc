@@ -291,5 +291,95 @@ TEST(WeightStreamTest, ReadMessageAcceptsDataBeforeItsSlices) {
   EXPECT_EQ(std::memcmp(staged->tensors.at("lm_head.weight").bytes.data(), m.views[3].data, m.views[3].nbytes), 0);
 }
 
+TEST(WeightStreamTest, SerializedBucketIsTheMessageBytesWithTheDataLeftInTheTensors) {
+  Model m = MakeModel();
+  // An empty tensor too: it has a slice but no data piece.
+  m.storage.emplace_back();
+  m.views.push_back({"model.empty", "F32", {0, 64}, m.storage.back().data(), 0});
+  auto filled = WeightStreamWriter::Create(9, m.views, 100000, 4);
+  auto framed = WeightStreamWriter::Create(9, m.views, 100000, 4);
+  ASSERT_TRUE(filled.ok() && framed.ok());
+  ASSERT_GE(framed->bucket_count(), 6u);
+  WeightStreamAssembler a;
+  ASSERT_TRUE(a.Begin(framed->Header()).ok());
+  SerializedBucket bucket;  // reused across buckets
+  for (uint32_t i = 0; i < framed->bucket_count(); ++i) {
+    v1::WeightStreamMessage msg;
+    filled->FillBucket(i, msg.mutable_bucket());
+    framed->SerializeBucket(i, &bucket);
+    std::string bytes = bucket.head;
+    uint64_t data_bytes = 0;
+    for (const auto& [data, size] : bucket.data) {
+      ASSERT_GT(size, 0u);
+      // Views into the tensors, not copies.
+      bool inside = false;
+      for (const auto& v : m.views)
+        inside |= data >= static_cast<const char*>(v.data) &&
+                  data + size <= static_cast<const char*>(v.data) + v.nbytes;
+      EXPECT_TRUE(inside) << "bucket " << i;
+      bytes.append(data, size);
+      data_bytes += size;
+    }
+    bytes += bucket.tail;
+    EXPECT_EQ(data_bytes, bucket.data_bytes);
+    ASSERT_EQ(bytes, msg.SerializeAsString()) << "bucket " << i;
+    google::protobuf::io::ArrayInputStream in(bytes.data(), static_cast<int>(bytes.size()), 1000);
+    v1::WeightStreamMessage small;
+    auto kind = a.ReadMessage(&in, &small);
+    ASSERT_TRUE(kind.ok()) << kind.status().ToString();
+    EXPECT_EQ(*kind, v1::WeightStreamMessage::kBucket);
+  }
+  auto commit = framed->Commit();
+  ASSERT_TRUE(commit.ok());
+  EXPECT_EQ(commit->manifest_checksum(), filled->Commit()->manifest_checksum());
+  EXPECT_EQ(commit->revision(), 4u);
+  auto staged = a.Commit(*commit);
+  ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+  EXPECT_EQ(staged->version, 9u);
+  EXPECT_EQ(staged->revision, 4u);
+  EXPECT_EQ(staged->tensors.at("model.empty").bytes.size(), 0u);
+  EXPECT_EQ(std::memcmp(staged->tensors.at("lm_head.weight").bytes.data(), m.views[3].data, m.views[3].nbytes), 0);
+}
+
+TEST(WeightStreamTest, SerializeBucketCountsForTheCommitLikeFillBucket) {
+  Model m = MakeModel();
+  auto writer = WeightStreamWriter::Create(1, m.views, 100000);
+  SerializedBucket bucket;
+  for (uint32_t i = 0; i + 1 < writer->bucket_count(); ++i) writer->SerializeBucket(i, &bucket);
+  EXPECT_EQ(writer->Commit().status().code(), StatusCode::kFailedPrecondition);
+  writer->SerializeBucket(writer->bucket_count() - 1, &bucket);
+  EXPECT_TRUE(writer->Commit().ok());
+}
+
+TEST(WeightStreamTest, RevisionMustMatchToResumeAndToCommit) {
+  Model m = MakeModel();
+  auto r1 = WeightStreamWriter::Create(3, m.views, 100000, 1);
+  auto r2 = WeightStreamWriter::Create(3, m.views, 100000, 2);
+  EXPECT_EQ(r1->Header().revision(), 1u);
+  auto b1 = AllBuckets(*r1);
+  auto b2 = AllBuckets(*r2);
+  WeightStreamAssembler a;
+  ASSERT_TRUE(a.Begin(r1->Header()).ok());
+  ASSERT_TRUE(a.AddBucket(b1[0]).ok());
+  // Resuming revision 1's stream with revision 2's header is refused...
+  auto resume = r2->Header();
+  resume.set_resume_from_bucket(1);
+  Status s = a.Begin(resume);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("revision"), std::string::npos) << s.ToString();
+  // ...the same revision resumes.
+  resume = r1->Header();
+  resume.set_resume_from_bucket(1);
+  ASSERT_TRUE(a.Begin(resume).ok());
+  for (size_t i = 1; i < b1.size(); ++i) ASSERT_TRUE(a.AddBucket(b1[i]).ok());
+  // A commit naming another revision is refused, the right one goes through.
+  auto wrong = *r1->Commit();
+  wrong.set_revision(2);
+  EXPECT_EQ(a.Commit(wrong).status().code(), StatusCode::kInvalidArgument);
+  auto staged = a.Commit(*r1->Commit());
+  ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+  EXPECT_EQ(staged->revision, 1u);
+}
+
 }  // namespace
 }  // namespace spar
