@@ -14,7 +14,7 @@
 #include "services/generator/generator_config.h"
 #include "services/generator/generator_service.h"
 #include "services/generator/openai_http.h"
-#include "services/weights/nccl_broadcast.h"
+#include "services/generator/weight_broadcast_receiver.h"
 
 namespace spar::cli {
 namespace {
@@ -32,54 +32,6 @@ struct GeneratorArgs {
 };
 
 std::atomic<bool> g_stop{false};
-
-// generator.weight_broadcast: joins the learner's NCCL group (retrying until
-// the learner joins, which it does at its first publication), then applies
-// every version rank 0 commits through the core's ApplyWeights, the same
-// verified atomic swap UpdateWeights uses. A refused or failed version
-// leaves the generator on its old weights.
-void RunBroadcastReceiver(const GeneratorBroadcastConfig& c, GeneratorCore* core) {
-  auto log = Logger("generator");
-  NcclGroupOptions o;
-  o.rendezvous = c.rendezvous;
-  o.rank = c.rank;
-  o.world_size = c.world_size;
-  o.cuda_device = c.cuda_device;
-  o.timeout = std::chrono::seconds(c.timeout_s);
-  std::unique_ptr<NcclWeightGroup> group;
-  while (!g_stop && !group) {
-    auto joined = NcclWeightGroup::Join(o);
-    if (joined.ok()) {
-      group = std::move(*joined);
-    } else {
-      log->warn("weight broadcast: {} (retrying)", joined.status().ToString());
-      if (joined.status().code() == StatusCode::kUnimplemented || joined.status().code() == StatusCode::kInvalidArgument)
-        return;
-    }
-  }
-  while (!g_stop && group) {
-    const uint64_t current = core->policy_version();
-    auto next = group->NextVersion(current, std::chrono::seconds(1));
-    if (!next.ok()) continue;  // nothing announced yet
-    const auto start = std::chrono::steady_clock::now();
-    auto staged = group->Receive(*next);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (g_stop) return;  // shutting down: the core may be going away
-    if (!staged.ok()) {
-      log->error("weight broadcast: version {} not applied: {}", *next, staged.status().ToString());
-      core->RecordWeightSync(0, seconds, false);
-      if (staged.status().code() != StatusCode::kAborted) group.reset();  // the communicator is gone
-      continue;
-    }
-    const uint64_t bytes = staged->total_bytes;
-    auto applied = core->ApplyWeights(std::move(*staged));
-    core->RecordWeightSync(bytes, seconds, applied.ok());
-    if (applied.ok())
-      log->info("weight broadcast: applied version {} ({:.1f} MB) in {:.2f} s", applied->version, bytes / 1e6, seconds);
-    else
-      log->error("weight broadcast: version {} received but not applied: {}", *next, applied.status().ToString());
-  }
-}
 
 int RunGenerator(const GeneratorArgs& args) {
   std::string log_level = "info";
@@ -153,12 +105,11 @@ int RunGenerator(const GeneratorArgs& args) {
   }
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });
-  std::thread broadcast_receiver;
+  std::unique_ptr<WeightBroadcastReceiver> broadcast_receiver;
   if (config->weight_broadcast.enabled) {
-    if (!NcclBroadcastAvailable())
-      return Fail("generator", Unimplemented("generator.weight_broadcast: this build has no NCCL "
-                                             "(configure with SPAR_WITH_NCCL=ON)"));
-    broadcast_receiver = std::thread(RunBroadcastReceiver, config->weight_broadcast, core->get());
+    auto started = WeightBroadcastReceiver::Start(config->weight_broadcast, core->get());
+    if (!started.ok()) return Fail("generator", started.status());
+    broadcast_receiver = std::move(*started);
     log->info("weight broadcast: rank {} of {} joining at {}", config->weight_broadcast.rank,
               config->weight_broadcast.world_size, config->weight_broadcast.rendezvous);
   }
@@ -177,10 +128,9 @@ int RunGenerator(const GeneratorArgs& args) {
     }
   }
   log->info("shutting down");
-  // The receiver notices g_stop within a second, unless it is inside a
-  // collective or the join; those end by their timeout, which shutdown does
-  // not wait for (the thread touches nothing after seeing g_stop).
-  if (broadcast_receiver.joinable()) broadcast_receiver.detach();
+  // Ends the receiver's wait or broadcast (aborting its communicator) and
+  // joins it before the core goes away.
+  broadcast_receiver.reset();
   http.reset();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   metrics_http.reset();

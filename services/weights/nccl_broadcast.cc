@@ -296,6 +296,18 @@ Result<std::unique_ptr<RendezvousStore>> ConnectTcpStore(const std::string& addr
 
 std::unique_ptr<RendezvousStore> NewInMemoryStore() { return std::make_unique<InMemoryStore>(); }
 
+Result<std::string> GetUnlessCancelled(RendezvousStore* store, const std::string& key,
+                                       std::chrono::milliseconds timeout, const std::atomic<bool>* cancel) {
+  if (!cancel) return store->Get(key, timeout);
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (cancel->load()) return Cancelled("weight broadcast: stopped while waiting for '" + key + "'");
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto got = store->Get(key, std::max(std::chrono::milliseconds(1), std::min(left, kCancelPoll)));
+    if (got.ok() || got.status().code() != StatusCode::kDeadlineExceeded || Clock::now() >= deadline) return got;
+  }
+}
+
 // ---- handshake -------------------------------------------------------------
 
 Status HandshakeSender::Announce(const BroadcastManifest& manifest) {
@@ -308,8 +320,11 @@ Status HandshakeSender::Decide(uint64_t version) {
   const auto deadline = Clock::now() + timeout_;
   for (int r = 1; r < world_size_ && verdict.ok(); ++r) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    auto ack = store_->Get(Key(version, "ack/" + std::to_string(r)), std::max(left, std::chrono::milliseconds(1)));
-    if (!ack.ok()) {
+    auto ack = GetUnlessCancelled(store_, Key(version, "ack/" + std::to_string(r)),
+                                  std::max(left, std::chrono::milliseconds(1)), cancel_);
+    if (!ack.ok() && ack.status().code() == StatusCode::kCancelled) {
+      verdict = ack.status();
+    } else if (!ack.ok()) {
       verdict = DeadlineExceeded("weight broadcast: rank " + std::to_string(r) + " did not confirm version " +
                                  std::to_string(version));
     } else if (*ack != "ok") {
@@ -323,7 +338,7 @@ Status HandshakeSender::Decide(uint64_t version) {
 }
 
 Result<BroadcastManifest> HandshakeReceiver::AwaitManifest(uint64_t version) {
-  SPAR_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Key(version, "manifest"), timeout_));
+  SPAR_ASSIGN_OR_RETURN(std::string bytes, GetUnlessCancelled(store_, Key(version, "manifest"), timeout_, cancel_));
   SPAR_ASSIGN_OR_RETURN(BroadcastManifest m, DecodeManifest(bytes));
   if (m.version != version)
     return DataLoss("weight broadcast: manifest of version " + std::to_string(m.version) + " under version " +
@@ -334,7 +349,7 @@ Result<BroadcastManifest> HandshakeReceiver::AwaitManifest(uint64_t version) {
 Status HandshakeReceiver::AckAndAwaitDecision(uint64_t version, const Status& received) {
   SPAR_RETURN_IF_ERROR(store_->Set(Key(version, "ack/" + std::to_string(rank_)),
                                    received.ok() ? "ok" : "error: " + received.message()));
-  SPAR_ASSIGN_OR_RETURN(std::string decision, store_->Get(Key(version, "decision"), timeout_));
+  SPAR_ASSIGN_OR_RETURN(std::string decision, GetUnlessCancelled(store_, Key(version, "decision"), timeout_, cancel_));
   if (decision == "commit" || !received.ok()) return received;  // a refusing rank never applies
   return Aborted("weight broadcast: version " + std::to_string(version) + " abandoned (" + decision + ")");
 }
@@ -345,12 +360,31 @@ Status HandshakeReceiver::AckAndAwaitDecision(uint64_t version, const Status& re
 
 bool NcclBroadcastAvailable() { return true; }
 
+namespace {
+
+// The TCPStore rendezvous; with a cancel flag, in attempts of about a
+// second (a generator may wait here for the learner for minutes).
+Result<std::unique_ptr<RendezvousStore>> ConnectStoreUnlessCancelled(const NcclGroupOptions& o) {
+  if (!o.cancel || o.rank == 0) return ConnectTcpStore(o.rendezvous, o.rank, o.world_size, o.timeout);
+  const auto deadline = Clock::now() + o.timeout;
+  for (;;) {
+    if (o.cancel->load()) return Cancelled("weight broadcast: stopped while joining at " + o.rendezvous);
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto store = ConnectTcpStore(o.rendezvous, o.rank, o.world_size,
+                                 std::max(std::chrono::milliseconds(1), std::min(left, std::chrono::milliseconds(1000))));
+    if (store.ok() || store.status().code() != StatusCode::kUnavailable || Clock::now() >= deadline) return store;
+  }
+}
+
+}  // namespace
+
 struct NcclWeightGroup::Transport {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   void* buffer = nullptr;
   uint64_t capacity = 0;
   std::chrono::milliseconds timeout{0};
+  const std::atomic<bool>* cancel = nullptr;
 
   ~Transport() {
     if (buffer) cudaFree(buffer);
@@ -363,11 +397,21 @@ struct NcclWeightGroup::Transport {
     return Unavailable(std::string("weight broadcast: ") + what + ": " + cudaGetErrorString(e));
   }
 
+  // Stopped (the cancel flag): aborts the communicator, whose pending
+  // operation then never completes; the group must be joined again.
+  Status AbortIfCancelled(const char* what) {
+    if (!cancel || !cancel->load()) return Status::Ok();
+    ncclCommAbort(comm);
+    comm = nullptr;
+    return Cancelled(std::string("weight broadcast: stopped during ") + what + "; communicator aborted");
+  }
+
   // Waits for the communicator's pending operation (non-blocking NCCL), so
   // a dead peer is an error after the timeout, never a hang.
   Status WaitComm(const char* what) {
     const auto deadline = Clock::now() + timeout;
     for (;;) {
+      SPAR_RETURN_IF_ERROR(AbortIfCancelled(what));
       ncclResult_t state = ncclSuccess;
       ncclCommGetAsyncError(comm, &state);
       if (state == ncclSuccess) return Status::Ok();
@@ -386,6 +430,7 @@ struct NcclWeightGroup::Transport {
   Status WaitStream(const char* what) {
     const auto deadline = Clock::now() + timeout;
     for (;;) {
+      SPAR_RETURN_IF_ERROR(AbortIfCancelled(what));
       cudaError_t e = cudaStreamQuery(stream);
       if (e == cudaSuccess) return Status::Ok();
       if (e != cudaErrorNotReady) return Cuda(e, what);
@@ -428,20 +473,30 @@ Result<std::unique_ptr<NcclWeightGroup>> NcclWeightGroup::Join(const NcclGroupOp
                            std::to_string(options.world_size) + ")");
   if (options.bucket_bytes == 0) return InvalidArgument("weight broadcast bucket size must be > 0");
   std::unique_ptr<NcclWeightGroup> group(new NcclWeightGroup(options));
-  SPAR_ASSIGN_OR_RETURN(group->store_, ConnectTcpStore(options.rendezvous, options.rank, options.world_size,
-                                                       options.timeout));
+  SPAR_ASSIGN_OR_RETURN(group->store_, ConnectStoreUnlessCancelled(options));
   auto t = std::make_unique<Transport>();
   t->timeout = options.timeout;
-  SPAR_RETURN_IF_ERROR(Transport::Cuda(cudaSetDevice(options.cuda_device), "cudaSetDevice"));
+  t->cancel = options.cancel;
+  // A device that cannot be used will not become usable by retrying.
+  auto set_device = [&]() -> Status {
+    const cudaError_t e = cudaSetDevice(options.cuda_device);
+    if (e == cudaSuccess) return Status::Ok();
+    return FailedPrecondition("weight broadcast: cuda:" + std::to_string(options.cuda_device) +
+                              " is not usable: " + cudaGetErrorString(e));
+  };
   ncclUniqueId id;
   if (options.rank == 0) {
+    SPAR_RETURN_IF_ERROR(set_device());
     ncclResult_t r = ncclGetUniqueId(&id);
     if (r != ncclSuccess) return Unavailable(std::string("weight broadcast: ncclGetUniqueId: ") + ncclGetErrorString(r));
     SPAR_RETURN_IF_ERROR(group->store_->Set("spar/nccl_unique_id", std::string(id.internal, sizeof(id.internal))));
   } else {
-    SPAR_ASSIGN_OR_RETURN(std::string bytes, group->store_->Get("spar/nccl_unique_id", options.timeout));
+    SPAR_ASSIGN_OR_RETURN(std::string bytes, GetUnlessCancelled(group->store_.get(), "spar/nccl_unique_id",
+                                                                options.timeout, options.cancel));
     if (bytes.size() != sizeof(id.internal)) return DataLoss("weight broadcast: malformed ncclUniqueId in the store");
     std::memcpy(id.internal, bytes.data(), sizeof(id.internal));
+    // Only now the GPU: a generator may wait above for the learner for long.
+    SPAR_RETURN_IF_ERROR(set_device());
   }
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
@@ -460,7 +515,7 @@ Result<BroadcastStats> NcclWeightGroup::Send(uint64_t version, const std::vector
   if (options_.rank != 0) return FailedPrecondition("weight broadcast: only rank 0 sends");
   const auto start = Clock::now();
   SPAR_ASSIGN_OR_RETURN(BroadcastManifest m, MakeManifest(version, tensors, options_.bucket_bytes));
-  HandshakeSender handshake(store_.get(), options_.world_size, options_.timeout);
+  HandshakeSender handshake(store_.get(), options_.world_size, options_.timeout, options_.cancel);
   SPAR_RETURN_IF_ERROR(handshake.Announce(m));
   auto& t = *transport_;
   SPAR_RETURN_IF_ERROR(t.Reserve(m.plan.largest_bucket()));
@@ -486,7 +541,7 @@ Result<BroadcastStats> NcclWeightGroup::Send(uint64_t version, const std::vector
 
 Result<StagedWeights> NcclWeightGroup::Receive(uint64_t version) {
   if (options_.rank == 0) return FailedPrecondition("weight broadcast: rank 0 sends, it does not receive");
-  HandshakeReceiver handshake(store_.get(), options_.rank, options_.timeout);
+  HandshakeReceiver handshake(store_.get(), options_.rank, options_.timeout, options_.cancel);
   SPAR_ASSIGN_OR_RETURN(BroadcastManifest m, handshake.AwaitManifest(version));
   auto& t = *transport_;
   // Every rank takes part in every bucket's broadcast (a collective), even
@@ -530,7 +585,8 @@ Result<StagedWeights> NcclWeightGroup::Receive(uint64_t) {
 
 Result<uint64_t> NcclWeightGroup::NextVersion(uint64_t after, std::chrono::milliseconds timeout) {
   // Rank 0 announces each version under its own key before broadcasting it.
-  SPAR_RETURN_IF_ERROR(store_->Get("spar/latest/" + std::to_string(after + 1), timeout).status());
+  SPAR_RETURN_IF_ERROR(
+      GetUnlessCancelled(store_.get(), "spar/latest/" + std::to_string(after + 1), timeout, options_.cancel).status());
   return after + 1;
 }
 

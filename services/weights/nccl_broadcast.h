@@ -22,6 +22,13 @@
 // A receiver that fails, or a timeout anywhere, leaves every generator on
 // its old version (the decision is "abort", or never comes).
 //
+// Stopping: with a cancel flag (NcclGroupOptions::cancel, the handshakes'
+// `cancel`), every wait — the rendezvous, store keys, a pending NCCL
+// operation — looks at it at least every kCancelPoll and ends with
+// Cancelled once it is set; a pending NCCL operation is aborted first
+// (ncclCommAbort on the waiting thread), so a service can stop and join the
+// thread that uses the group instead of leaving it to its timeout.
+//
 // What runs without a GPU: the bucket plan, the manifest codec and the
 // handshake (over any RendezvousStore, the TCPStore included) are plain
 // C++ and unit-tested on the CPU. The NCCL transport is compiled when the
@@ -31,6 +38,7 @@
 // Thread safety: a group is used by one thread at a time.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -107,11 +115,20 @@ Result<std::unique_ptr<RendezvousStore>> ConnectTcpStore(const std::string& addr
 // A store in this process (threads of one test).
 std::unique_ptr<RendezvousStore> NewInMemoryStore();
 
+// How often a cancellable wait looks at its cancel flag.
+constexpr std::chrono::milliseconds kCancelPoll{250};
+
+// store->Get in slices of kCancelPoll while `cancel` (may be null) is not
+// set: Cancelled once it is, else Get's result for the whole `timeout`.
+Result<std::string> GetUnlessCancelled(RendezvousStore* store, const std::string& key,
+                                       std::chrono::milliseconds timeout, const std::atomic<bool>* cancel);
+
 // Rank 0's side of one version's handshake.
 class HandshakeSender {
  public:
-  HandshakeSender(RendezvousStore* store, int world_size, std::chrono::milliseconds timeout)
-      : store_(store), world_size_(world_size), timeout_(timeout) {}
+  HandshakeSender(RendezvousStore* store, int world_size, std::chrono::milliseconds timeout,
+                  const std::atomic<bool>* cancel = nullptr)
+      : store_(store), world_size_(world_size), timeout_(timeout), cancel_(cancel) {}
   Status Announce(const BroadcastManifest& manifest);
   // Waits for every receiver's ack, then writes the decision. OK = commit;
   // Aborted naming the rank that failed (or DeadlineExceeded for a missing
@@ -122,13 +139,15 @@ class HandshakeSender {
   RendezvousStore* store_;
   int world_size_;
   std::chrono::milliseconds timeout_;
+  const std::atomic<bool>* cancel_;
 };
 
 // A receiver's side.
 class HandshakeReceiver {
  public:
-  HandshakeReceiver(RendezvousStore* store, int rank, std::chrono::milliseconds timeout)
-      : store_(store), rank_(rank), timeout_(timeout) {}
+  HandshakeReceiver(RendezvousStore* store, int rank, std::chrono::milliseconds timeout,
+                    const std::atomic<bool>* cancel = nullptr)
+      : store_(store), rank_(rank), timeout_(timeout), cancel_(cancel) {}
   Result<BroadcastManifest> AwaitManifest(uint64_t version);
   // Reports this rank's outcome, then waits for the decision: OK = apply;
   // otherwise keep the old version: Aborted (with rank 0's reason), or this
@@ -139,6 +158,7 @@ class HandshakeReceiver {
   RendezvousStore* store_;
   int rank_;
   std::chrono::milliseconds timeout_;
+  const std::atomic<bool>* cancel_;
 };
 
 // ---- the group -------------------------------------------------------------
@@ -150,6 +170,10 @@ struct NcclGroupOptions {
   int cuda_device = 0;
   uint64_t bucket_bytes = 256ull << 20;
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  // Optional, owned by the caller and outliving the group: once true, every
+  // wait of Join / Send / Receive / NextVersion ends with Cancelled within
+  // about kCancelPoll (see "Stopping" above).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct BroadcastStats {
@@ -162,8 +186,10 @@ struct BroadcastStats {
 class NcclWeightGroup {
  public:
   // Joins (blocks until all ranks have, or the timeout). Unimplemented in
-  // a build without NCCL; Unavailable for a failed rendezvous or CUDA/NCCL
-  // error; InvalidArgument for bad options.
+  // a build without NCCL; FailedPrecondition when the CUDA device cannot be
+  // used (no GPU, driver); Unavailable for a failed rendezvous or NCCL
+  // error; InvalidArgument for bad options; Cancelled when options.cancel
+  // was set meanwhile.
   static Result<std::unique_ptr<NcclWeightGroup>> Join(const NcclGroupOptions& options);
   ~NcclWeightGroup();
 
