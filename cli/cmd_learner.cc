@@ -64,6 +64,7 @@ int RunLearner(const LearnerArgs& args) {
     dp.world_size = config->world_size;
     dp.store_address = config->rendezvous;
     dp.backend = config->backend;
+    dp.device = config->device;
     auto joined = DataParallelGroup::Create(dp);
     if (!joined.ok()) return Fail("learner", joined.status());
     group = std::move(*joined);

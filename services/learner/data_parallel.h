@@ -1,6 +1,9 @@
 // spar/services/learner/data_parallel.h — data parallelism over learner
-// ranks with torch c10d: Gloo on CPU (and NCCL when built with CUDA),
-// rendezvous through a TCPStore at a configured address.
+// ranks with torch c10d: Gloo on CPU, NCCL (ProcessGroupNCCL) when LibTorch
+// has CUDA (SPAR_TORCH_CUDA; a CPU LibTorch says Unimplemented for it),
+// rendezvous through a TCPStore at a configured address. With NCCL every
+// collective runs on this rank's GPU (`device`): tensors elsewhere (the
+// command bytes rank 0 broadcasts, CPU metrics) travel through it.
 //
 // Every rank computes gradients on its own share of the batch; before the
 // optimiser step the gradients are averaged across ranks, so every rank
@@ -30,6 +33,8 @@ struct DataParallelOptions {
   int world_size = 1;
   std::string store_address = "127.0.0.1:29500";  // rank 0 serves the TCPStore here
   std::string backend = "gloo";                    // gloo | nccl
+  // nccl: this rank's GPU ("cuda" / "cuda:N"; empty = cuda:<rank % visible GPUs>).
+  std::string device;
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
   int64_t bucket_bytes = 25 << 20;
 };

@@ -86,6 +86,18 @@ TEST(DataParallelTest, SingleRankNeedsNoNetworkAndBadOptionsAreErrors) {
   bad.rank = 0;
   bad.store_address = "nocolon";
   EXPECT_EQ(DataParallelGroup::Create(bad).status().code(), StatusCode::kInvalidArgument);
+  bad.store_address = "127.0.0.1:1";
+  bad.backend = "mpi";
+  EXPECT_NE(DataParallelGroup::Create(bad).status().message().find("gloo, nccl"), std::string::npos);
+  if (!torch::cuda::is_available()) {
+    // NCCL needs a CUDA LibTorch and a GPU: refused before any rendezvous.
+    bad.backend = "nccl";
+    auto nccl = DataParallelGroup::Create(bad);
+    ASSERT_FALSE(nccl.ok());
+    EXPECT_TRUE(nccl.status().code() == StatusCode::kUnimplemented ||
+                nccl.status().code() == StatusCode::kFailedPrecondition)
+        << nccl.status().ToString();
+  }
 }
 
 }  // namespace
