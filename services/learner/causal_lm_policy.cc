@@ -4,6 +4,86 @@
 
 namespace spar {
 
+namespace {
+
+torch::ScalarType AccumulateType(torch::ScalarType t) {
+  return t == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+class ChunkedTokenLogProbFunction : public torch::autograd::Function<ChunkedTokenLogProbFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& weight, const torch::Tensor& labels, int64_t chunk) {
+    const int64_t m = hidden.size(0);
+    // The product runs in whatever dtype autocast (if on) gives it, probed on
+    // one row; the weight is cast once, not once per chunk. Backward, which
+    // runs without autocast, multiplies in the same dtype.
+    const torch::ScalarType compute =
+        m == 0 ? hidden.scalar_type()
+               : torch::mm(hidden.narrow(0, 0, 1), weight.narrow(0, 0, 1).t()).scalar_type();
+    const torch::Tensor w = weight.to(compute);
+    torch::Tensor out = torch::empty({m}, hidden.options().dtype(AccumulateType(compute)));
+    torch::Tensor logits;
+    for (int64_t begin = 0; begin < m; begin += chunk) {
+      const int64_t n = std::min(chunk, m - begin);
+      logits = torch::mm(hidden.narrow(0, begin, n).to(compute), w.t()).to(AccumulateType(compute));
+      out.narrow(0, begin, n)
+          .copy_(logits.gather(1, labels.narrow(0, begin, n).unsqueeze(1)).squeeze(1) - logits.logsumexp(1));
+    }
+    // One chunk only: keep its logits (no more memory than the chunk budget)
+    // and save backward the recomputation.
+    const bool keep = m > 0 && m <= chunk && (hidden.requires_grad() || weight.requires_grad());
+    ctx->save_for_backward({hidden, weight, labels, keep ? logits : torch::Tensor()});
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["compute"] = static_cast<int64_t>(compute);
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor& hidden = saved[0];
+    const torch::Tensor& weight = saved[1];
+    const torch::Tensor& labels = saved[2];
+    const torch::Tensor& kept_logits = saved[3];
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const auto compute = static_cast<torch::ScalarType>(ctx->saved_data["compute"].toInt());
+    const auto accumulate = AccumulateType(compute);
+    const torch::Tensor g = grad_outputs[0].to(accumulate);
+    const torch::Tensor w = weight.to(compute);
+    torch::Tensor grad_hidden = torch::empty_like(hidden);
+    torch::Tensor grad_weight = torch::zeros(weight.sizes(), weight.options().dtype(accumulate));
+    for (int64_t begin = 0; begin < hidden.size(0); begin += chunk) {
+      const int64_t n = std::min(chunk, hidden.size(0) - begin);
+      torch::Tensor h = hidden.narrow(0, begin, n).to(compute);
+      torch::Tensor gc = g.narrow(0, begin, n).unsqueeze(1);
+      // d logp[label] / d logits = onehot(label) - softmax(logits), times g.
+      torch::Tensor logits = kept_logits.defined() ? kept_logits : torch::mm(h, w.t()).to(accumulate);
+      torch::Tensor d = torch::softmax(logits, 1).mul_(-gc);
+      d.scatter_add_(1, labels.narrow(0, begin, n).unsqueeze(1), gc);
+      torch::Tensor dc = d.to(compute);
+      grad_hidden.narrow(0, begin, n).copy_(torch::mm(dc, w));
+      grad_weight.add_(torch::mm(dc.t(), h));
+    }
+    return {grad_hidden, grad_weight.to(weight.scalar_type()), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor ChunkedTokenLogProbs(const torch::Tensor& hidden, const torch::Tensor& weight,
+                                   const torch::Tensor& labels, int64_t chunk_rows) {
+  TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
+              "ChunkedTokenLogProbs: hidden [M, H] and weight [V, H] expected");
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == hidden.size(0), "ChunkedTokenLogProbs: labels [M] expected");
+  return ChunkedTokenLogProbFunction::apply(hidden, weight, labels, std::max<int64_t>(1, chunk_rows));
+}
+
+int64_t TokenLogProbChunkRows(int64_t vocab_size) {
+  constexpr int64_t kChunkBytes = int64_t{256} << 20;
+  return std::max<int64_t>(1, kChunkBytes / (std::max<int64_t>(1, vocab_size) * 4));
+}
+
 Result<std::unique_ptr<CausalLMPolicy>> CausalLMPolicy::Load(const std::string& dir, const std::string& device,
                                                              const std::string& dtype) {
   LoadOptions options;
@@ -53,10 +133,9 @@ torch::Tensor CausalLMPolicy::MaskedSequenceLogProbs(const torch::Tensor& input_
   auto where = loss_mask.nonzero();                         // [M, 2]: (row, position)
   auto rows = where.select(1, 0), positions = where.select(1, 1);
   auto selected = hidden.index({rows, positions});          // [M, H]
-  auto logits = torch::linear(selected, model_->OutputWeight());
-  // log_softmax in float32 at least (float64 models stay float64).
-  auto logp = torch::log_softmax(logits.to(logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32), -1);
-  auto token = logp.gather(1, labels.index({rows, positions}).unsqueeze(1)).squeeze(1);  // [M]
+  // Never [M, V] logits at once: see ChunkedTokenLogProbs.
+  auto token = ChunkedTokenLogProbs(selected, model_->OutputWeight(), labels.index({rows, positions}),
+                                    TokenLogProbChunkRows(vocab_size()));  // [M]
   return torch::zeros({input_ids.size(0)}, token.options()).index_add(0, rows, token);
 }
 

@@ -17,6 +17,20 @@
 
 namespace spar {
 
+// log softmax(hidden @ weight^T)[label] for each row of `hidden` ([M, H];
+// weight [V, H], labels [M] int64), differentiable in hidden and weight.
+// It works `chunk_rows` rows at a time and its backward recomputes each
+// chunk's logits, so only [chunk_rows, V] logits are ever alive instead of
+// the [M, V] logits and log-softmax that autograd would keep: at V = 128k
+// and 40k response tokens per step that is ~20 GB of fp32 activations.
+// The product runs in hidden's dtype (or autocast's), the softmax in fp32
+// (fp64 for fp64 inputs). Returns fp32 (fp64).
+torch::Tensor ChunkedTokenLogProbs(const torch::Tensor& hidden, const torch::Tensor& weight,
+                                   const torch::Tensor& labels, int64_t chunk_rows);
+
+// Rows per chunk that keep one chunk's fp32 logits near 256 MB.
+int64_t TokenLogProbChunkRows(int64_t vocab_size);
+
 class CausalLMPolicy final : public TrainablePolicy {
  public:
   // Loads `dir` on `device` ("cpu", "cuda", "cuda:N") with parameters in

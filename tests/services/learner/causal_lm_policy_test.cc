@@ -53,6 +53,49 @@ TEST_P(CausalLMPolicyTest, FrozenCopyIsEqualAndHasNoGradients) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, CausalLMPolicyTest, ::testing::Values("llama", "gemma"));
 
+// The chunked head against the plain [M, V] form, values and gradients, for
+// chunk sizes that split M unevenly, one row, and all rows at once.
+TEST(ChunkedTokenLogProbs, EqualThePlainLogSoftmaxWithTheSameGradients) {
+  torch::manual_seed(11);
+  const int64_t m = 7, v = 50, h = 6;
+  auto hidden0 = torch::randn({m, h}, torch::kFloat64);
+  auto weight0 = torch::randn({v, h}, torch::kFloat64);
+  auto labels = torch::randint(0, v, {m}, torch::kLong);
+  auto upstream = torch::randn({m}, torch::kFloat64);  // a non-uniform d loss / d logp
+
+  auto hp = hidden0.clone().requires_grad_(true), wp = weight0.clone().requires_grad_(true);
+  auto plain = torch::log_softmax(torch::mm(hp, wp.t()), 1).gather(1, labels.unsqueeze(1)).squeeze(1);
+  (plain * upstream).sum().backward();
+
+  for (int64_t chunk : {1, 3, 7, 100}) {  // 7 and 100: one chunk, its logits kept for backward
+    auto hc = hidden0.clone().requires_grad_(true), wc = weight0.clone().requires_grad_(true);
+    auto chunked = ChunkedTokenLogProbs(hc, wc, labels, chunk);
+    EXPECT_EQ(chunked.scalar_type(), torch::kFloat64);
+    (chunked * upstream).sum().backward();
+    EXPECT_TRUE(torch::allclose(chunked, plain, 1e-12, 1e-12)) << "chunk " << chunk;
+    EXPECT_TRUE(torch::allclose(hc.grad(), hp.grad(), 1e-12, 1e-12)) << "chunk " << chunk;
+    EXPECT_TRUE(torch::allclose(wc.grad(), wp.grad(), 1e-12, 1e-12)) << "chunk " << chunk;
+  }
+}
+
+TEST(ChunkedTokenLogProbs, Float32InputsGiveFloat32AndNoGradWorks) {
+  torch::manual_seed(12);
+  auto hidden = torch::randn({5, 4}), weight = torch::randn({9, 4});
+  auto labels = torch::tensor({0, 8, 3, 3, 1}, torch::kLong);
+  torch::NoGradGuard no_grad;  // the frozen reference's path
+  auto out = ChunkedTokenLogProbs(hidden, weight, labels, 2);
+  EXPECT_EQ(out.scalar_type(), torch::kFloat32);
+  auto plain = torch::log_softmax(torch::mm(hidden, weight.t()), 1).gather(1, labels.unsqueeze(1)).squeeze(1);
+  EXPECT_TRUE(torch::allclose(out, plain, 1e-5, 1e-6));
+  EXPECT_TRUE((out <= 0).all().item<bool>());
+}
+
+TEST(ChunkedTokenLogProbs, ChunkRowsKeepOneChunkNear256MegabytesOfLogits) {
+  EXPECT_EQ(TokenLogProbChunkRows(128256), (int64_t{256} << 20) / (128256 * 4));
+  EXPECT_EQ(TokenLogProbChunkRows(int64_t{1} << 40), 1);
+  EXPECT_GE(TokenLogProbChunkRows(0), 1);
+}
+
 TEST(CausalLMPolicySave, WritesAnHfFolderWithTheTokenizerThatLoadsBack) {
   auto tokenizer = ::spar::testing::TokenizerDir("llama3");
   if (tokenizer.empty()) GTEST_SKIP() << "Llama-3 tokenizer absent: run scripts/setup.sh";
