@@ -93,6 +93,7 @@ class GrpcGeneratorClient : public GeneratorClient {
         out.logprobs.assign(r.logprobs().begin(), r.logprobs().end());
         out.finish_reason = FromProto(r.finish_reason());
         out.policy_version = r.policy_version();
+        out.policy_revision = r.policy_revision();
         out.generator_id = r.generator_id().empty() ? name_ : r.generator_id();
         if (group.prompt_token_ids.empty())
           group.prompt_token_ids.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());

@@ -52,6 +52,9 @@ class Writer {
   std::string out_;
 };
 
+// Introduces the optional policy_revision at the end of a rollout record.
+constexpr uint8_t kRevisionTag = 0x52;  // 'R'
+
 class Reader {
  public:
   Reader(std::string_view bytes, const char* what) : data_(bytes), what_(what) {}
@@ -122,6 +125,7 @@ class Reader {
   Status Fail(const std::string& field) const {
     return DataLoss(std::string("corrupt ") + what_ + " record: " + field);
   }
+  bool AtEnd() const { return pos_ == data_.size(); }
   Status Done() const {
     if (pos_ != data_.size())
       return Fail(std::to_string(data_.size() - pos_) + " trailing bytes");
@@ -241,6 +245,10 @@ std::string EncodeRollout(const RolloutRecord& x) {
   w.U8(static_cast<uint8_t>(x.finish_reason));
   w.Varint(x.policy_version);
   w.Bytes(x.generator_id);
+  if (x.policy_revision != 0) {  // revision 0: the original layout
+    w.U8(kRevisionTag);
+    w.Varint(x.policy_revision);
+  }
   return w.Take();
 }
 
@@ -257,6 +265,10 @@ void EncodeRolloutParts(const RolloutRecord& x, std::string* scratch,
   w.U8(static_cast<uint8_t>(x.finish_reason));
   w.Varint(x.policy_version);
   w.Bytes(x.generator_id);
+  if (x.policy_revision != 0) {
+    w.U8(kRevisionTag);
+    w.Varint(x.policy_revision);
+  }
   *scratch = w.Take();
   const char* base = scratch->data();
   parts[0] = std::string_view(base, a);
@@ -284,6 +296,14 @@ Status DecodeRolloutView(std::string_view bytes, RolloutView* out) {
   if (!r.Varint(&version)) return r.Fail("policy_version");
   out->policy_version = version;
   if (!r.Bytes(&out->generator_id)) return r.Fail("generator_id");
+  // Optional trailing field: absent for revision 0 (and in records written
+  // before revisions existed), so those bytes are unchanged.
+  out->policy_revision = 0;
+  if (!r.AtEnd()) {
+    uint8_t tag = 0;
+    if (!r.U8(&tag) || tag != kRevisionTag || !r.Varint(&out->policy_revision) || out->policy_revision == 0)
+      return r.Fail("policy_revision");
+  }
   return r.Done();
 }
 
@@ -299,6 +319,7 @@ Status DecodeRollout(std::string_view bytes, RolloutRecord* out) {
   out->finish_reason = v.finish_reason;
   out->policy_version = v.policy_version;
   out->generator_id.assign(v.generator_id.data(), v.generator_id.size());
+  out->policy_revision = v.policy_revision;
   return Status::Ok();
 }
 

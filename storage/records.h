@@ -50,6 +50,10 @@ struct RolloutRecord {
   FinishReasonCode finish_reason = FinishReasonCode::kUnspecified;
   uint64_t policy_version = 0;
   std::string generator_id;
+  // Intermediate publications within an iteration (learner.publish_every_steps):
+  // the weights were version `policy_version`, revision `policy_revision`.
+  // Records written before revisions existed read back as 0.
+  uint64_t policy_revision = 0;
 };
 
 struct RolloutGroup {
@@ -75,6 +79,7 @@ struct RolloutView {
   FinishReasonCode finish_reason = FinishReasonCode::kUnspecified;
   uint64_t policy_version = 0;
   std::string_view generator_id;
+  uint64_t policy_revision = 0;
 
   int32_t token(size_t i) const {
     int32_t v;

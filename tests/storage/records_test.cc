@@ -25,6 +25,27 @@ TEST(RecordsTest, RolloutRoundTrip) {
   EXPECT_EQ(back.generator_id, "g7");
 }
 
+TEST(RecordsTest, RevisionRoundTripsAndRevisionZeroKeepsTheOriginalLayout) {
+  RolloutRecord r;
+  r.text = "t";
+  r.token_ids = {5};
+  r.logprobs = {-1.0f};
+  r.policy_version = 2;
+  r.generator_id = "g";
+  const std::string original = EncodeRollout(r);  // revision 0
+  RolloutRecord back;
+  ASSERT_TRUE(DecodeRollout(original, &back).ok());
+  EXPECT_EQ(back.policy_revision, 0u);
+  r.policy_revision = 300;  // a two-byte varint
+  const std::string revised = EncodeRollout(r);
+  EXPECT_EQ(revised.substr(0, original.size()), original);
+  ASSERT_TRUE(DecodeRollout(revised, &back).ok());
+  EXPECT_EQ(back.policy_version, 2u);
+  EXPECT_EQ(back.policy_revision, 300u);
+  // Half a varint at the end is corrupt, not revision 0.
+  EXPECT_EQ(DecodeRollout(revised.substr(0, revised.size() - 1), &back).code(), StatusCode::kDataLoss);
+}
+
 TEST(RecordsTest, EveryTruncationIsDataLossNeverACrash) {
   RolloutRecord r;
   r.text = "abc";
@@ -95,6 +116,7 @@ TEST(RecordsTest, ScatterGatherPartsEqualTheEncodedRecord) {
   r.logprobs = {-1, -2, -3};
   r.policy_version = 99999;
   r.generator_id = "a-rather-long-generator-identifier";
+  r.policy_revision = 4;
   std::string scratch;
   std::string_view parts[kRolloutParts];
   EncodeRolloutParts(r, &scratch, parts);
