@@ -250,6 +250,8 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
     }
   }
   if (retry) return CheckpointAndPublish(iteration, generators, checkpoint_dir);
+  const auto finish_started = Clock::now();
+  const int64_t steps_before = Progress().step;
   {
     wake_.notify_all();
     // A no-op command to wait behind everything queued.
@@ -261,6 +263,11 @@ Result<FinishOutcome> LearnerCore::FinishIteration(uint32_t iteration, const std
   {
     std::lock_guard<std::mutex> lock(mutex_);
     trained_iteration_ = iteration;
+    // How much training was left when the orchestrator finished sending:
+    // in a pipelined run most steps happen before this point.
+    Logger("learner")->info("iteration {}: {} of {} steps trained after FinishIteration arrived, in {:.2f} s",
+                            iteration, progress_.step - steps_before, progress_.step,
+                            std::chrono::duration<double>(Clock::now() - finish_started).count());
   }
   return CheckpointAndPublish(iteration, generators, checkpoint_dir);
 }
@@ -274,9 +281,15 @@ Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, cons
   if (!dir.empty() && checkpointed_iteration_ == static_cast<int64_t>(iteration)) {
     out.checkpoint_dir = dir;  // a retry: written by the first attempt
   } else if (!dir.empty()) {
+    const auto started = Clock::now();
     SPAR_RETURN_IF_ERROR(EnsureDir(dir));
     SPAR_RETURN_IF_ERROR(policy_->Save(dir));
+    const double model_seconds = std::chrono::duration<double>(Clock::now() - started).count();
     SPAR_RETURN_IF_ERROR(trainer_->SaveOptimizer(dir + "/optimizer.pt"));
+    Logger("learner")->info("iteration {}: checkpoint {} written in {:.2f} s (model {:.2f} s, optimiser state {:.2f} s)",
+                            iteration, dir, std::chrono::duration<double>(Clock::now() - started).count(),
+                            model_seconds,
+                            std::chrono::duration<double>(Clock::now() - started).count() - model_seconds);
     nlohmann::json state = {{"policy_version", iteration + 1}, {"iteration", iteration},
                             {"steps", trainer_->step()}, {"loss", LossKindName(config_.loss.kind)}};
     SPAR_RETURN_IF_ERROR(WriteFileAtomic(dir + "/spar_learner_state.json", state.dump(2) + "\n"));
