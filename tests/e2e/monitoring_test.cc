@@ -328,8 +328,9 @@ TEST(MonitoringEndToEnd, MetricsBusTopDeadServiceAndReport) {
   }
   const double bus_rollouts = bus_value("generator-0", mn::kGeneratorRolloutsTotal).value_or(-1);
   EXPECT_GT(bus_rollouts, 0);
-  if (const std::string text = Scrape(services.at("generator-0").metrics); !text.empty())
+  if (const std::string text = Scrape(services.at("generator-0").metrics); !text.empty()) {
     EXPECT_LE(bus_rollouts, Sample(text, mn::kGeneratorRolloutsTotal).value_or(-2));
+  }
 
   const auto run_deadline = Clock::now() + std::chrono::seconds(150);
   while (spar_run.Running() && Clock::now() < run_deadline) std::this_thread::sleep_for(std::chrono::milliseconds(200));

@@ -70,6 +70,19 @@ void ExpectSameModel(TrainablePolicy& policy, const Greedy& g) {
   }
 }
 
+// Both tests train the tiny model a few small SPPO steps on short sequences.
+LearnerConfig SmallStepsConfig() {
+  LearnerConfig config;
+  config.model = TinyModelDir();
+  config.batch_groups = 2;
+  config.learning_rate = 3e-3;
+  config.warmup_ratio = 0;
+  config.loss.eta = 4;
+  config.max_length = 24;
+  config.max_prompt_length = 12;
+  return config;
+}
+
 TEST(WeightSyncE2E, GeneratorServesTheLearnersNewVersionAndACutStreamChangesNothing) {
   SPAR_REQUIRE_TINY_MODEL();
   auto gen = StartGenerator(TinyGeneratorConfig("gen-e2e"));
@@ -80,14 +93,7 @@ TEST(WeightSyncE2E, GeneratorServesTheLearnersNewVersionAndACutStreamChangesNoth
   auto loaded = CausalLMPolicy::Load(TinyModelDir(), "cpu", "float32");
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   CausalLMPolicy* policy = loaded->get();
-  LearnerConfig config;
-  config.model = TinyModelDir();
-  config.batch_groups = 2;
-  config.learning_rate = 3e-3;
-  config.warmup_ratio = 0;
-  config.loss.eta = 4;
-  config.max_length = 24;
-  config.max_prompt_length = 12;
+  LearnerConfig config = SmallStepsConfig();
   config.bucket_mb = 1;  // many buckets, so the cut below lands mid-stream
   auto core = LearnerCore::Create(config, std::move(*loaded), nullptr);
   ASSERT_TRUE(core.ok());
@@ -177,14 +183,7 @@ TEST(WeightSyncE2E, IntermediatePublicationsServeRevisionsThenTheNextVersion) {
   auto loaded = CausalLMPolicy::Load(TinyModelDir(), "cpu", "float32");
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   CausalLMPolicy* policy = loaded->get();
-  LearnerConfig config;
-  config.model = TinyModelDir();
-  config.batch_groups = 2;
-  config.learning_rate = 3e-3;
-  config.warmup_ratio = 0;
-  config.loss.eta = 4;
-  config.max_length = 24;
-  config.max_prompt_length = 12;
+  LearnerConfig config = SmallStepsConfig();
   config.bucket_mb = 8;
   config.publish_every_steps = 1;
   auto core = LearnerCore::Create(config, std::move(*loaded), nullptr);
