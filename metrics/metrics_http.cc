@@ -24,6 +24,9 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::s
   s->server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });
+  // Scrapers come every few seconds at most; an idle keep-alive connection
+  // held longer only delays stop() (httplib waits it out), by 5 s by default.
+  s->server_->set_keep_alive_timeout(1);
   s->host_ = host;
   if (port == 0) {
     s->port_ = s->server_->bind_to_any_port(host);

@@ -338,7 +338,16 @@ Result<RunSummary> RunPipeline(const RunConfig& config, const RunDriverOptions& 
   summary.iterations_done = config.run.iterations;
   summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   SPAR_RETURN_IF_ERROR(WriteFileAtomic(summary.run_dir + "/summary.json", SummaryJson(summary) + "\n"));
-  if (launcher) launcher->StopAll();
+  if (launcher) {
+    // Close our connections first: an idle gRPC channel does not notice the
+    // server's GOAWAY, so each child's Shutdown would wait out its whole
+    // grace period for connections nobody uses any more.
+    generators.clear();
+    generator_clients.clear();
+    scorer.reset();
+    learner.reset();
+    launcher->StopAll();
+  }
   return summary;
 }
 

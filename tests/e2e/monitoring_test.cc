@@ -56,7 +56,7 @@ generation:
   samples_per_prompt: 3
   temperature: 1.0
   top_p: 1.0
-  max_new_tokens: 16
+  max_new_tokens: 32
   batch: 6
 generators:
   - {}
@@ -76,6 +76,9 @@ learner:
   optimizer: adamw
   learning_rate: 1.0e-3
   batch_groups: 4
+  # Extra epochs keep the run (and its bus) alive for the checks after the
+  # generator kill: with OpenBLAS the one iteration otherwise ends first.
+  epochs: 3
   max_length: 128
   max_prompt_length: 64
 )";
