@@ -92,6 +92,9 @@ int RunLearner(const LearnerArgs& args) {
   auto* grad_norm = metrics.GetGauge(metric_names::kLearnerGradNorm, "Gradient norm before clipping", labels);
   auto* tokens_per_second = metrics.GetGauge(metric_names::kLearnerTokensPerSecond, "Training tokens/s", labels);
   auto* waiting = metrics.GetCounter(metric_names::kLearnerDataWaitSecondsTotal, "Seconds waiting for data", labels);
+  auto* version = metrics.GetGauge(metric_names::kLearnerPolicyVersion, "Policy version of the learner's weights", labels);
+  auto* revision = metrics.GetGauge(metric_names::kLearnerPolicyRevision,
+                                    "Last intermediate publication within that version (publish_every_steps)", labels);
   std::unique_ptr<ServiceTelemetry> telemetry;
   if (!args.bus.empty() || !args.metrics_listen.empty()) {
     auto started = ServiceTelemetry::Start({"learner", "learner-0", args.bus, args.metrics_listen, server->address},
@@ -114,6 +117,8 @@ int RunLearner(const LearnerArgs& args) {
     lr->Set(p.learning_rate);
     grad_norm->Set(p.grad_norm);
     tokens_per_second->Set(p.tokens_per_second);
+    version->Set(static_cast<double>(p.policy_version));
+    revision->Set(static_cast<double>(p.policy_revision));
     if (p.seconds_waiting_for_data > waited) waiting->Increment(p.seconds_waiting_for_data - waited);
     waited = p.seconds_waiting_for_data;
   }

@@ -79,6 +79,10 @@ inline constexpr char kLearnerLearningRate[] = "spar_learner_learning_rate";    
 inline constexpr char kLearnerGradNorm[] = "spar_learner_grad_norm";                 // gauge: before clipping
 inline constexpr char kLearnerTokensPerSecond[] = "spar_learner_tokens_per_second";  // gauge
 inline constexpr char kLearnerTokensTotal[] = "spar_learner_tokens_total";           // counter
+// The weights the learner last published: version, and the revision of the
+// last intermediate publication within it (learner.publish_every_steps).
+inline constexpr char kLearnerPolicyVersion[] = "spar_learner_policy_version";    // gauge
+inline constexpr char kLearnerPolicyRevision[] = "spar_learner_policy_revision";  // gauge
 // Seconds the learner sat idle waiting for a batch; its rate is the fraction
 // of time the learner starves.
 inline constexpr char kLearnerDataWaitSecondsTotal[] = "spar_learner_data_wait_seconds_total";  // counter
