@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <set>
@@ -50,7 +51,8 @@ struct ConfigOptions {
   std::string eta = "10";
   std::string learning_rate = "1.0e-3";
   int top_k = 0;
-  std::string extra_run;  // more `run:` keys, each line indented by two spaces
+  std::string extra_run;      // more `run:` keys, each line indented by two spaces
+  std::string extra_learner;  // more `learner:` keys, likewise
 };
 
 // Three iterations over 24 prompts (6 held out, shards of 6, K = 4) that
@@ -111,7 +113,7 @@ generation:
   epochs: )" + std::to_string(o.epochs) + R"(
   max_length: 128
   max_prompt_length: 64
-)";
+)" + o.extra_learner;
   return yaml;
 }
 
@@ -260,6 +262,53 @@ TEST(EndToEnd, RunTrainsResumesAndExports) {
     ++lines;
   }
   EXPECT_EQ(lines, 8);
+}
+
+// learner.publish_every_steps through the whole pipeline: the learner steps
+// on each group as it is scored and publishes after every step, so later
+// groups of an iteration are sampled from revisions of pi_t; the store keeps
+// each rollout's revision, versions stay per iteration, every iteration ends
+// on version t+1 revision 0, and the exactly-once bookkeeping is unchanged.
+TEST(EndToEnd, IntermediatePublicationsReachTheGeneratorsAndTheStore) {
+  const auto tokenizer = TokenizerDir("llama3");
+  if (tokenizer.empty()) GTEST_SKIP() << "Llama-3 tokenizer absent: run scripts/setup.sh";
+  TempDir dir;
+  WritePrompts(dir.path() / "prompts.jsonl", 23);  // 24 prompts, 2 iterations of 12
+  ConfigOptions o;
+  o.batch_groups = 1;
+  o.max_new_tokens = 16;
+  o.extra_run = "  inflight_per_generator: 1\n";  // groups finish one by one
+  o.extra_learner = "  publish_every_steps: 1\n";
+  WriteFile(dir.path() / "spar.yaml", Config(dir.path(), tokenizer.string(), o));
+  std::string output;
+  int rc = RunProcess({SparBinary(), "run", "--config", (dir.path() / "spar.yaml").string()}, &output);
+  ASSERT_EQ(rc, 0) << output;
+
+  const fs::path run = dir.path() / "run";
+  auto summary = nlohmann::json::parse(::spar::testing::ReadFile(run / "summary.json"));
+  ASSERT_EQ(summary["iterations"].size(), 2u);
+  EXPECT_EQ(summary["iterations"][1]["policy_version"], 2);
+  ExpectExactlyOnce(run / "store", 2, 12, 3);
+
+  RunStoreOptions ro;
+  ro.read_only = true;
+  auto db = RunStore::Open((run / "store").string(), ro);
+  ASSERT_TRUE(db.ok()) << db.status().ToString();
+  std::map<uint32_t, uint64_t> highest_revision;
+  ASSERT_TRUE((*db)->ForEachGroup(std::nullopt, [&](const RolloutGroup& g) {
+    for (const auto& r : g.rollouts) {
+      EXPECT_EQ(r.policy_version, g.iteration) << g.prompt_id;
+      highest_revision[g.iteration] = std::max(highest_revision[g.iteration], r.policy_revision);
+    }
+    return true;
+  }).ok());
+  // Iteration 0's first group is always revision 0; with 12 groups and a
+  // step after each scored one, later groups come from revisions >= 1.
+  EXPECT_GE(highest_revision[0] + highest_revision[1], 1u);
+  std::printf("highest revision sampled: %llu in iteration 0, %llu in iteration 1\n",
+              static_cast<unsigned long long>(highest_revision[0]),
+              static_cast<unsigned long long>(highest_revision[1]));
+  EXPECT_TRUE(FileContains(run / "logs/generator-0.log", "revision 1")) << "no intermediate publication applied";
 }
 
 // The rule scorer prefers one-word answers; after three iterations the policy
