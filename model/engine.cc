@@ -9,6 +9,7 @@
 #include <random>
 
 #include "common/logging.h"
+#include "common/policy_version.h"
 
 namespace spar {
 
@@ -198,14 +199,6 @@ void GenerationEngine::Cancel(uint64_t request_id) {
   wake_.notify_all();
 }
 
-namespace {
-
-std::string VersionName(uint64_t version, uint64_t revision) {
-  return std::to_string(version) + (revision ? " revision " + std::to_string(revision) : std::string());
-}
-
-}  // namespace
-
 Status GenerationEngine::SwapWeights(const std::vector<std::pair<std::string, torch::Tensor>>& weights,
                                      uint64_t version, uint64_t revision) {
   uint64_t serving_version = 0, serving_revision = 0;
@@ -229,13 +222,13 @@ Status GenerationEngine::SwapWeights(const std::vector<std::pair<std::string, to
              torch::equal(it->second, weights[i].second.to(it->second.options()));
     }
     if (same) return Status::Ok();
-    return FailedPrecondition("weights version " + VersionName(version, revision) +
+    return FailedPrecondition("weights version " + PolicyVersionName(version, revision) +
                               " is already serving with different weights");
   }
   if (std::make_pair(version, revision) < std::make_pair(serving_version, serving_revision))
-    return FailedPrecondition("weights version " + VersionName(version, revision) +
+    return FailedPrecondition("weights version " + PolicyVersionName(version, revision) +
                               " is older than the serving version " +
-                              VersionName(serving_version, serving_revision));
+                              PolicyVersionName(serving_version, serving_revision));
   auto swap = std::make_shared<PendingSwap>();
   swap->weights = &weights;
   swap->version = version;
@@ -316,7 +309,7 @@ void GenerationEngine::Loop() {
         swap_.reset();
       }
       if (status.ok())
-        Logger("engine")->info("engine: now serving policy version {}", VersionName(swap->version, swap->revision));
+        Logger("engine")->info("engine: now serving policy version {}", PolicyVersionName(swap->version, swap->revision));
       swap->done.set_value(status);
       continue;
     }

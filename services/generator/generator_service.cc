@@ -8,6 +8,7 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include "common/logging.h"
+#include "common/policy_version.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server.h"
 #include "services/weights/weight_publisher.h"
@@ -403,8 +404,8 @@ grpc::Status GeneratorService::Health(grpc::ServerContext*, const v1::HealthRequ
   response->set_status(v1::HealthResponse::SERVING);
   const auto serving = core_->policy_version_and_revision();
   response->set_message("generator " + core_->description().generator_id + " serving " +
-                        core_->description().model_name + " at policy version " + std::to_string(serving.first) +
-                        (serving.second ? " revision " + std::to_string(serving.second) : std::string()));
+                        core_->description().model_name + " at policy version " +
+                        PolicyVersionName(serving.first, serving.second));
   return grpc::Status::OK;
 }
 

@@ -8,6 +8,7 @@
 #include <grpcpp/support/sync_stream.h>
 
 #include "common/logging.h"
+#include "common/policy_version.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server.h"
 #include "spar/v1/generator.grpc.pb.h"
@@ -15,10 +16,6 @@
 namespace spar {
 
 namespace {
-
-std::string VersionName(uint64_t version, uint64_t revision) {
-  return std::to_string(version) + (revision ? " revision " + std::to_string(revision) : std::string());
-}
 
 // Counts the tensor slices gRPC still holds. A slice points into a tensor
 // the caller owns; its last unref (when the transport has written it, or
@@ -69,7 +66,7 @@ Result<std::pair<uint64_t, uint64_t>> ServingVersion(const std::string& address,
 
 Status CheckChainApplied(const v1::WeightUpdateResult& r, uint64_t version, uint64_t revision) {
   if (!r.applied() || r.version() != version || r.revision() != revision)
-    return Aborted("generator " + r.node() + " did not apply version " + VersionName(version, revision) +
+    return Aborted("generator " + r.node() + " did not apply version " + PolicyVersionName(version, revision) +
                    (r.error().empty() ? "" : ": " + r.error()));
   for (const auto& d : r.downstream()) SPAR_RETURN_IF_ERROR(CheckChainApplied(d, version, revision));
   return Status::Ok();
