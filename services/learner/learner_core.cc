@@ -32,6 +32,25 @@ v1::TrainingExample ToProto(const LearnerExample& e) {
   return p;
 }
 
+// The policy's weights as stream views in their checkpoint dtype (bf16 and
+// fp16 as they are, anything else as float32), contiguous, on the CPU
+// (`to_cpu`, the gRPC stream) or where they are (the NCCL broadcast).
+// `keep` owns the tensors the views point into.
+std::vector<WeightTensorView> WeightViews(TrainablePolicy& policy, bool to_cpu, std::vector<torch::Tensor>* keep) {
+  std::vector<WeightTensorView> views;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, t] : policy.NamedWeights()) {
+    torch::Tensor c = (to_cpu ? t.detach().to(torch::kCPU) : t.detach()).contiguous();
+    if (c.scalar_type() != torch::kBFloat16 && c.scalar_type() != torch::kFloat16) c = c.to(torch::kFloat32);
+    const std::string dtype = c.scalar_type() == torch::kBFloat16 ? "BF16"
+                              : c.scalar_type() == torch::kFloat16 ? "F16"
+                                                                   : "F32";
+    keep->push_back(c);
+    views.push_back({name, dtype, c.sizes().vec(), c.data_ptr(), static_cast<uint64_t>(c.nbytes())});
+  }
+  return views;
+}
+
 }  // namespace
 
 LearnerExample ExampleFromProto(const v1::TrainingExample& p) {
@@ -286,10 +305,9 @@ Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, cons
     SPAR_RETURN_IF_ERROR(policy_->Save(dir));
     const double model_seconds = std::chrono::duration<double>(Clock::now() - started).count();
     SPAR_RETURN_IF_ERROR(trainer_->SaveOptimizer(dir + "/optimizer.pt"));
+    const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     Logger("learner")->info("iteration {}: checkpoint {} written in {:.2f} s (model {:.2f} s, optimiser state {:.2f} s)",
-                            iteration, dir, std::chrono::duration<double>(Clock::now() - started).count(),
-                            model_seconds,
-                            std::chrono::duration<double>(Clock::now() - started).count() - model_seconds);
+                            iteration, dir, seconds, model_seconds, seconds - model_seconds);
     nlohmann::json state = {{"policy_version", iteration + 1}, {"iteration", iteration},
                             {"steps", trainer_->step()}, {"loss", LossKindName(config_.loss.kind)}};
     SPAR_RETURN_IF_ERROR(WriteFileAtomic(dir + "/spar_learner_state.json", state.dump(2) + "\n"));
@@ -309,18 +327,7 @@ Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, cons
     }
     // Parameters as they are (device memory is broadcast from where it is).
     std::vector<torch::Tensor> keep;
-    std::vector<WeightTensorView> views;
-    {
-      torch::NoGradGuard no_grad;
-      for (auto& [name, t] : policy_->NamedWeights()) {
-        torch::Tensor c = t.detach().contiguous();
-        if (c.scalar_type() != torch::kBFloat16 && c.scalar_type() != torch::kFloat16) c = c.to(torch::kFloat32);
-        std::string dtype = c.scalar_type() == torch::kBFloat16 ? "BF16" : c.scalar_type() == torch::kFloat16 ? "F16" : "F32";
-        keep.push_back(c);
-        views.push_back({name, dtype, c.sizes().vec(), c.data_ptr(), static_cast<uint64_t>(c.nbytes())});
-      }
-    }
-    auto sent = broadcast_->Send(version, views);
+    auto sent = broadcast_->Send(version, WeightViews(*policy_, /*to_cpu=*/false, &keep));
     if (!sent.ok()) return sent.status().WithContext("learner: broadcasting version " + std::to_string(version));
     out.publish.bytes = sent->bytes;
     out.publish.seconds = sent->seconds;
@@ -352,24 +359,11 @@ Result<FinishOutcome> LearnerCore::CheckpointAndPublish(uint32_t iteration, cons
 
 Result<PublishResult> LearnerCore::PublishToChain(uint64_t version, uint64_t revision,
                                                   const std::vector<std::string>& chain) {
-  // CPU tensors in the checkpoint dtype, alive while publishing: for float32
-  // CPU parameters these are the parameters themselves (no copy), which the
-  // publisher frames straight into the stream.
+  // CPU tensors, alive while publishing: for float32 CPU parameters these
+  // are the parameters themselves (no copy), which the publisher frames
+  // straight into the stream.
   std::vector<torch::Tensor> keep;
-  std::vector<WeightTensorView> views;
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& [name, t] : policy_->NamedWeights()) {
-      torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
-      std::string dtype = cpu.scalar_type() == torch::kBFloat16 ? "BF16"
-                          : cpu.scalar_type() == torch::kFloat16 ? "F16"
-                                                                 : "F32";
-      if (dtype == "F32" && cpu.scalar_type() != torch::kFloat32) cpu = cpu.to(torch::kFloat32);
-      keep.push_back(cpu);
-      views.push_back({name, dtype, cpu.sizes().vec(), cpu.data_ptr(), static_cast<uint64_t>(cpu.nbytes())});
-    }
-  }
-  SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(version, std::move(views),
+  SPAR_ASSIGN_OR_RETURN(auto writer, WeightStreamWriter::Create(version, WeightViews(*policy_, /*to_cpu=*/true, &keep),
                                                                 static_cast<uint64_t>(config_.bucket_mb) << 20,
                                                                 revision));
   return PublishWeights(writer, chain, std::chrono::minutes(30));
