@@ -140,21 +140,12 @@ void WeightStreamWriter::FillBucket(uint32_t index, v1::WeightBucket* out) {
 
 namespace {
 
-void AppendVarint(std::string* out, uint64_t v) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
+using google::protobuf::io::CodedOutputStream;
 
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
+void AppendVarint(std::string* out, uint64_t v) {
+  uint8_t bytes[10];
+  const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(v, bytes);
+  out->append(reinterpret_cast<const char*>(bytes), static_cast<size_t>(end - bytes));
 }
 
 // Tags (field number << 3 | wire type) of the fields framed by hand.
@@ -186,8 +177,9 @@ void WeightStreamWriter::SerializeBucket(uint32_t index, SerializedBucket* out) 
   v1::WeightBucket meta;
   BucketMetadata(index, &meta);
   const size_t meta_bytes = meta.ByteSizeLong();
-  const uint64_t data_field = out->data_bytes ? 1 + VarintSize(out->data_bytes) + out->data_bytes : 0;
-  const uint64_t checksum_field = checksum ? 1 + VarintSize(checksum) : 0;
+  const uint64_t data_field =
+      out->data_bytes ? 1 + CodedOutputStream::VarintSize64(out->data_bytes) + out->data_bytes : 0;
+  const uint64_t checksum_field = checksum ? 1 + CodedOutputStream::VarintSize64(checksum) : 0;
   out->head.clear();
   out->head.push_back(kMessageBucketTag);
   AppendVarint(&out->head, meta_bytes + data_field + checksum_field);
