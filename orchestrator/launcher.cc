@@ -112,43 +112,35 @@ bool Launcher::Alive(const std::string& name) {
 }
 
 void Launcher::Stop(const std::string& name, std::chrono::milliseconds grace) {
-  for (auto& c : children_) {
-    if (c.name != name || c.pid <= 0) continue;
-    kill(c.pid, SIGTERM);
-    auto deadline = std::chrono::steady_clock::now() + grace;
-    int status = 0;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
-        c.pid = -1;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    if (c.pid > 0) {
-      kill(c.pid, SIGKILL);
-      waitpid(c.pid, &status, 0);
-      c.pid = -1;
-    }
-  }
+  StopWhere([&](const ChildService& c) { return c.name == name; }, grace);
 }
 
 void Launcher::StopAll() {
-  // All at once: every child gets SIGTERM now and shares one grace period,
-  // so stopping N services costs the slowest one's shutdown, not the sum.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  StopWhere([](const ChildService&) { return true; }, std::chrono::seconds(5));
+}
+
+void Launcher::StopWhere(const std::function<bool(const ChildService&)>& which, std::chrono::milliseconds grace) {
+  // All at once: every chosen child gets SIGTERM now and they share one
+  // grace period, so stopping N services costs the slowest one's shutdown,
+  // not the sum; whoever is still there after it gets SIGKILL.
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  std::vector<ChildService*> stopping;
   for (auto& c : children_)
-    if (c.pid > 0) kill(c.pid, SIGTERM);
+    if (c.pid > 0 && which(c)) {
+      kill(c.pid, SIGTERM);
+      stopping.push_back(&c);
+    }
   for (bool waiting = true; waiting;) {
     waiting = false;
-    for (auto& c : children_) {
-      if (c.pid <= 0) continue;
+    for (ChildService* c : stopping) {
+      if (c->pid <= 0) continue;
       int status = 0;
-      if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
-        c.pid = -1;
+      if (waitpid(c->pid, &status, WNOHANG) == c->pid) {
+        c->pid = -1;
       } else if (std::chrono::steady_clock::now() >= deadline) {
-        kill(c.pid, SIGKILL);
-        waitpid(c.pid, &status, 0);
-        c.pid = -1;
+        kill(c->pid, SIGKILL);
+        waitpid(c->pid, &status, 0);
+        c->pid = -1;
       } else {
         waiting = true;
       }

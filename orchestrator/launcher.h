@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,6 +63,9 @@ class Launcher {
   static std::string SelfExecutable();
 
  private:
+  // SIGTERM to every live child `which` picks, one shared `grace`, then SIGKILL.
+  void StopWhere(const std::function<bool(const ChildService&)>& which, std::chrono::milliseconds grace);
+
   std::string binary_;
   std::string log_dir_;
   std::vector<ChildService> children_;
